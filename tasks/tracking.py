@@ -1,0 +1,64 @@
+"""MLflow wiring: tracking URI, experiment and runs, always by explicit run id (no fluent state).
+
+The tracking URI comes from `MLFLOW_TRACKING_URI`; unset, it is a SQLite store in the project
+root (`sqlite:///mlflow.db`) with artifacts under `mlartifacts/`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_ARTIFACT_DIR = "mlartifacts"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def tracking_uri() -> str:
+    """The tracking URI in force: the environment's, else the embedded SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def client() -> MlflowClient:
+    """An `MlflowClient` on the tracking URI in force (registry on the same store)."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(name: str) -> str:
+    """Get or create the experiment; local stores keep artifacts under `mlartifacts/`."""
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri().startswith(("sqlite:", "file:")) or "://" not in tracking_uri():
+        location = Path(DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+    return c.create_experiment(name, artifact_location=location)
+
+
+def start_run(
+    experiment: str,
+    name: str,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Create a run (nested under `parent_run_id` when given) and return its id."""
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = client().create_run(experiment_id(experiment), run_name=name, tags=all_tags)
+    return run.info.run_id
+
+
+def end_run(run_id: str, failed: bool = False) -> None:
+    """Mark a run finished (or failed)."""
+    client().set_terminated(run_id, status="FAILED" if failed else "FINISHED")
