@@ -161,6 +161,7 @@ class TrainConfig(_Frozen):
     weight_decay: float = Field(1e-4, ge=0)
     scheduler: Literal["cosine", "step", "none"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    threads: int = Field(1, ge=1)
 
 
 class RegisterConfig(_Frozen):

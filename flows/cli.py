@@ -1,0 +1,108 @@
+"""The `dlops` command line. Heavy libraries are imported only inside commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+# Nothing leaves the machine: every library's telemetry is off, every server on loopback.
+LOCAL_ENV = {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_API_HOST": "127.0.0.1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "true",
+    "LITLOGGER_DISABLE": "1",
+}
+
+
+def configure_environment() -> None:
+    """Set the local, telemetry-free defaults without overriding what the user set."""
+    for key, value in LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def _summary(result: dict[str, Any]) -> str:
+    from tasks.tracking import tracking_uri
+
+    m, model, promo = result["metrics"], result["model"], result["promotion"]
+    lines = ["", "dlops run finished in %.1f s" % result["total_seconds"], "stages:"]
+    for s in result["stages"]:
+        lines.append(f"  {s['name']:<11} {s['outcome']:<9} {s['seconds']:7.2f} s")
+    lines.append(
+        "test metrics: "
+        + ", ".join(
+            f"{k} {m[k]:.4f}"
+            for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc_ovr")
+        )
+    )
+    lines.append(f"registered model: {model['name']} version {model['version']}")
+    verdict = "is the champion" if promo["promoted"] else "did not become the champion"
+    lines.append(f"version {model['version']} {verdict}: {promo['reason']}")
+    lines.append(f"champion now: {model['name']}@champion = version {promo['champion_version']}")
+    uri = tracking_uri()
+    lines += [
+        "look at it:",
+        f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (runs, plots, registry)",
+        "  dvc metrics show   |   dvc plots show   |   dvc repro (nothing to do now)",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the whole pipeline as a Prefect flow."""
+    from tasks.config import ConfigError, load_config
+
+    try:
+        load_config(overrides=args.set)  # fail fast, before Prefect starts
+    except ConfigError as exc:
+        print(f"dlops: {exc}", file=sys.stderr)
+        return 2
+    from flows.pipeline import pipeline
+    from tasks.validate import DataValidationError
+
+    try:
+        result = pipeline(overrides=args.set)
+    except (DataValidationError, ConfigError) as exc:
+        print(f"dlops: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(_summary(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (no heavy imports)."""
+    parser = argparse.ArgumentParser(
+        prog="dlops", description="Orchestrated, tracked, reproducible deep learning."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole pipeline (Prefect flow, DVC-recorded stages)")
+    run.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a parameter (validated, then written to params.yaml as `dvc exp run -S`)",
+    )
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `dlops` script."""
+    args = build_parser().parse_args(argv)
+    configure_environment()
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The LightningModule for classification: wraps any network, one metric object per split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from models.augment import RandomAffine
+from models.metrics import TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from models.networks import CNNSpec, build_network
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy classifier trained with AdamW and an optional LR schedule."""
+
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        scheduler: str = "cosine",
+        max_epochs: int = 30,
+        label_smoothing: float = 0.0,
+        augment: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = CNNSpec(**spec)
+        self.net = build_network(self.spec)
+        self.augment = RandomAffine(**(augment or {"p": 0.0}))
+        n = self.spec.n_classes
+        self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=n, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of normalized images."""
+        return self.net(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+        x, y = batch
+        if split == "train":
+            x = self.augment(x)
+        logits = self(x)
+        smoothing = self.hparams.label_smoothing if split == "train" else 0.0
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        acc = {"train": self.train_acc, "val": self.val_acc, "test": self.test_acc}[split]
+        acc(logits, y)
+        names = {
+            "train": (TRAIN_LOSS, TRAIN_ACC),
+            "val": (VAL_LOSS, VAL_ACC),
+            "test": (TEST_LOSS, TEST_ACC),
+        }[split]
+        self.log(names[0], loss, on_step=False, on_epoch=True, prog_bar=split == "val")
+        self.log(names[1], acc, on_step=False, on_epoch=True, prog_bar=split == "val")
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """One optimization step."""
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Validation loss and accuracy."""
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        """Test loss and accuracy."""
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        """AdamW with cosine annealing, step decay or a constant rate."""
+        hp = self.hparams
+        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, hp.max_epochs))
+        elif hp.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, hp.max_epochs // 3))
+        else:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,58 @@
+"""Ingest: write scikit-learn's built-in digits set (shipped in the package) to the raw CSV."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.config import Config, load_config
+
+PIXELS = [f"pixel_{i}" for i in range(64)]
+LABEL = "label"
+COLUMNS = [*PIXELS, LABEL]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Where the raw data went and what it holds."""
+
+    path: Path
+    rows: int
+    sha256: str
+
+
+def load_digits_frame() -> pd.DataFrame:
+    """The 1,797 8x8 digits as a frame: pixel_0..pixel_63 (0..16) and label (0..9)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    frame = pd.DataFrame(bunch.data.astype("int64"), columns=PIXELS)
+    frame[LABEL] = bunch.target.astype("int64")
+    return frame
+
+
+def run(cfg: Config) -> IngestResult:
+    """Write the raw data set to `paths.raw` atomically."""
+    frame = load_digits_frame()
+    path = Path(cfg.paths.raw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return IngestResult(path=path, rows=len(frame), sha256=digest)
+
+
+def main() -> None:
+    """Entry point for `python -m tasks.ingest` (dvc.yaml)."""
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    result = run(load_config())
+    print(f"ingest: {result.rows} rows -> {result.path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Register: log the trained model as a raw-input pyfunc into its training run, then register it.
+
+Idempotent: when a version of the model already carries the current model.pt's sha256 as its
+`dlops.model_sha256` tag, nothing is logged or registered and that version is returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tasks import tracking
+from tasks.config import PARAMS_FILE, Config, load_config
+from tasks.utils import read_json
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+SHA_TAG = "dlops.model_sha256"
+PIPELINE_RUN_TAG = "dlops.pipeline_run_id"
+REGISTERED_TAG = "dlops.registered_model"  # set on the pipeline's parent run: "<name>/<version>"
+DVC_LOCK = "dvc.lock"
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    """The registered version (new, or the one that already holds these weights)."""
+
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+    created: bool
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_version(client: MlflowClient, name: str, sha256: str) -> ModelVersion | None:
+    """The newest version of `name` tagged with these weights' hash, if any."""
+    matches: list[ModelVersion] = []
+    token = None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", page_token=token)
+        matches += [mv for mv in page if mv.tags.get(SHA_TAG) == sha256]
+        token = page.token
+        if not token:
+            break
+    return max(matches, key=lambda mv: int(mv.version), default=None)
+
+
+def _input_example(cfg: Config) -> pd.DataFrame:
+    """Two raw test rows (zeros if the split is absent) as the logged input example."""
+    import numpy as np
+    import pandas as pd
+
+    from models.pyfunc import N_PIXELS, pixel_columns
+
+    path = Path(cfg.paths.processed_dir) / "test.npz"
+    if path.is_file():
+        with np.load(path) as npz:
+            x = np.asarray(npz["x"][:2], dtype=np.float64)
+    else:
+        x = np.zeros((2, N_PIXELS))
+    return pd.DataFrame(x, columns=pixel_columns(x.shape[1]))
+
+
+def run(cfg: Config, lineage: dict[str, str], parent_run_id: str | None = None) -> RegisterResult:
+    """Log and register the model in `paths.train_dir` unless these weights are registered."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from models.pyfunc import log_model
+
+    train_dir = Path(cfg.paths.train_dir)
+    weights = train_dir / "model.pt"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no trained model; run tasks.train first")
+    sha256 = file_sha256(weights)
+    name = cfg.register_.model_name
+    client = tracking.client()
+
+    existing = find_version(client, name, sha256)
+    if existing is not None:
+        result = RegisterResult(
+            name=name,
+            version=str(existing.version),
+            run_id=existing.run_id,
+            model_uri=f"models:/{name}/{existing.version}",
+            created=False,
+        )
+    else:
+        run_id = read_json(train_dir / "model.json")["mlflow_run_id"]
+        try:
+            client.get_run(run_id)
+        except MlflowException as exc:
+            raise LookupError(
+                f"training run {run_id} (from {train_dir / 'model.json'}) is not in the tracking "
+                f"store {tracking.tracking_uri()}: retrain, or point MLFLOW_TRACKING_URI at it"
+            ) from exc
+        info, _ = log_model(train_dir, run_id, _input_example(cfg))
+        tags = {**{k: str(v) for k, v in lineage.items()}, SHA_TAG: sha256}
+        if parent_run_id:
+            tags.setdefault(PIPELINE_RUN_TAG, parent_run_id)
+        mv = mlflow.register_model(info.model_uri, name, tags=tags)
+        for path in (DVC_LOCK, PARAMS_FILE):
+            if Path(path).is_file():
+                client.log_artifact(run_id, path)
+        result = RegisterResult(
+            name=name,
+            version=str(mv.version),
+            run_id=run_id,
+            model_uri=f"models:/{name}/{mv.version}",
+            created=True,
+        )
+    if parent_run_id:
+        client.set_tag(parent_run_id, REGISTERED_TAG, f"{name}/{result.version}")
+    return result
+
+
+def main() -> None:
+    """Entry point for `python -m tasks.register`."""
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    r = run(load_config(), lineage={})
+    state = "registered" if r.created else "already registered, nothing new"
+    print(f"register: {r.name} version {r.version} ({state}); {r.model_uri}")
+
+
+if __name__ == "__main__":
+    main()

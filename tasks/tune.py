@@ -1,0 +1,181 @@
+"""Tune: an Optuna study (TPE + pruning in Lightning's validation loop), trials as nested runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks import tracking
+from tasks.config import Choices, Config, FloatRange, IntRange, load_config
+from tasks.train import build_module, hyperparameters, make_trainer
+from tasks.utils import write_json
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """The best trial of the study and where its parameters went."""
+
+    best_params: dict[str, Any]
+    best_value: float
+    best_trial: int
+    study_name: str
+    n_complete: int
+    n_pruned: int
+    path: Path
+    run_id: str
+
+
+def suggest(trial: Any, space: dict[str, FloatRange | IntRange | Choices]) -> dict[str, Any]:
+    """Draw one point of the search space declared in params.yaml."""
+    params: dict[str, Any] = {}
+    for name, dim in space.items():
+        if isinstance(dim, Choices):
+            params[name] = trial.suggest_categorical(name, dim.choices)
+        elif isinstance(dim, IntRange):
+            params[name] = trial.suggest_int(name, dim.low, dim.high, step=dim.step)
+        else:
+            params[name] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+    return params
+
+
+def make_pruner(kind: str, max_epochs: int) -> Any:
+    """Hyperband, median or no pruning, by name."""
+    import optuna
+
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
+    """Run the study, each trial a nested MLflow run; write the best parameters as JSON."""
+    import lightning as L
+    import optuna
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from models.datamodule import DigitsDataModule
+    from models.metrics import VAL_ACC, VAL_LOSS
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    t = cfg.tune
+    study_name = f"{cfg.register_.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Without a flow, the tune run itself is the parent of the trials.
+    tune_run = tracking.start_run(
+        cfg.register_.experiment, "tune", parent_run_id, tags={"dlops.stage": "tune"}
+    )
+    c = tracking.client()
+    dm = DigitsDataModule(cfg.paths.processed_dir, seed=cfg.seed)
+    dm.setup()
+
+    def objective(trial: optuna.Trial) -> float:
+        hp = hyperparameters(cfg, suggest(trial, t.space))
+        trial_run = tracking.start_run(
+            cfg.register_.experiment,
+            f"trial-{trial.number}",
+            tune_run,
+            tags={"dlops.stage": "tune", "optuna.study": study_name},
+        )
+        c.log_batch(
+            trial_run,
+            params=[mlflow_param(k, v) for k, v in hp.items()],
+        )
+        L.seed_everything(cfg.seed + trial.number, workers=True, verbose=False)
+        dm.batch_size = int(hp["batch_size"])
+        module = build_module(cfg, hp, t.max_epochs)
+        pruning = PyTorchLightningPruningCallback(trial, monitor=VAL_LOSS)
+        trainer = make_trainer(cfg, t.max_epochs, [pruning], enable_checkpointing=False)
+        state = "COMPLETE"
+        try:
+            trainer.fit(module, datamodule=dm)
+            pruning.check_pruned()
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except BaseException:
+            state = "FAILED"
+            raise
+        finally:
+            m = trainer.callback_metrics
+            for key in (VAL_LOSS, VAL_ACC):
+                if key in m:
+                    c.log_metric(trial_run, key, float(m[key]), step=trainer.current_epoch)
+            c.set_tag(trial_run, "optuna.trial", str(trial.number))
+            c.set_tag(trial_run, "optuna.state", state)
+            tracking.end_run(trial_run, failed=state == "FAILED")
+        return float(trainer.callback_metrics[VAL_LOSS])
+
+    try:
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=t.storage,
+            direction="minimize",
+            sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+            pruner=make_pruner(t.pruner, t.max_epochs),
+        )
+        study.optimize(objective, n_trials=t.n_trials, timeout=t.timeout_s)
+        states = [tr.state for tr in study.trials]
+        n_complete = sum(s == optuna.trial.TrialState.COMPLETE for s in states)
+        n_pruned = sum(s == optuna.trial.TrialState.PRUNED for s in states)
+        if n_complete == 0:
+            raise RuntimeError(f"tune: no trial of study {study_name} completed")
+        best = study.best_trial
+        result = TuneResult(
+            best_params=dict(best.params),
+            best_value=float(best.value),
+            best_trial=best.number,
+            study_name=study_name,
+            n_complete=n_complete,
+            n_pruned=n_pruned,
+            path=Path(cfg.paths.best_params),
+            run_id=tune_run,
+        )
+        write_json(
+            result.path,
+            {
+                "params": result.best_params,
+                "value": result.best_value,
+                "objective": f"min {VAL_LOSS}",
+                "study": study_name,
+                "best_trial": best.number,
+                "n_trials": len(study.trials),
+                "n_complete": n_complete,
+                "n_pruned": n_pruned,
+            },
+        )
+        c.log_batch(tune_run, params=[mlflow_param(f"best.{k}", v) for k, v in best.params.items()])
+        c.log_metric(tune_run, f"best/{VAL_LOSS}", result.best_value)
+        c.set_tag(tune_run, "optuna.study", study_name)
+        c.set_tag(tune_run, "optuna.best_trial", str(best.number))
+    except BaseException:
+        tracking.end_run(tune_run, failed=True)
+        raise
+    tracking.end_run(tune_run)
+    return result
+
+
+def mlflow_param(key: str, value: Any) -> Any:
+    """An MLflow `Param` entity."""
+    from mlflow.entities import Param
+
+    return Param(key, str(value))
+
+
+def main() -> None:
+    """Entry point for `python -m tasks.tune` (dvc.yaml)."""
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    r = run(load_config())
+    print(
+        f"tune: best trial {r.best_trial} of {r.study_name} val/loss {r.best_value:.4f} "
+        f"{r.best_params} ({r.n_complete} complete, {r.n_pruned} pruned)"
+    )
+
+
+if __name__ == "__main__":
+    main()
