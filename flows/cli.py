@@ -30,7 +30,7 @@ def _summary(result: dict[str, Any]) -> str:
     from tasks.tracking import tracking_uri
 
     m, model, promo = result["metrics"], result["model"], result["promotion"]
-    lines = ["", "dlops run finished in %.1f s" % result["total_seconds"], "stages:"]
+    lines = ["", f"dlops run finished in {result['total_seconds']:.1f} s", "stages:"]
     for s in result["stages"]:
         lines.append(f"  {s['name']:<11} {s['outcome']:<9} {s['seconds']:7.2f} s")
     lines.append(
@@ -77,6 +77,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Create the work pool and a scheduled deployment of the pipeline."""
+    from flows.deploy import deploy
+
+    deployment_id = deploy(
+        name=args.name, pool=args.pool, cron=args.cron or None, overrides=args.set
+    )
+    print(
+        f"deployment {args.name} ({deployment_id}) on work pool {args.pool!r}, cron {args.cron!r}"
+    )
+    print(f"start a worker to run it: prefect worker start --pool {args.pool}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (no heavy imports)."""
     parser = argparse.ArgumentParser(
@@ -94,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     run.set_defaults(func=cmd_run)
+    dep = sub.add_parser("deploy", help="schedule the pipeline on a Prefect process work pool")
+    dep.add_argument("--name", default="dlops-scheduled")
+    dep.add_argument("--pool", default="dlops")
+    dep.add_argument("--cron", default="0 3 * * *", help="cron schedule ('' for none)")
+    dep.add_argument("-S", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    dep.set_defaults(func=cmd_deploy)
     return parser
 
 

@@ -10,14 +10,14 @@ dependencies and params were seen before is restored from DVC's run cache withou
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """What happened to a stage."""
 
     RAN = "ran"

@@ -60,7 +60,9 @@ def validate(cfg: Config, parent_run_id: str) -> StageReport:
     report.detail = {"success": result.get("success")}
     if report.outcome != Outcome.RAN.value:
         c = tracking.client()
-        c.log_artifact(parent_run_id, str(Path(cfg.paths.validation_dir) / "result.json"), "validation")
+        c.log_artifact(
+            parent_run_id, str(Path(cfg.paths.validation_dir) / "result.json"), "validation"
+        )
         c.set_tag(parent_run_id, "validation.success", str(bool(result.get("success"))).lower())
     return report
 

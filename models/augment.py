@@ -10,7 +10,7 @@ from torch import nn
 
 
 class RandomAffine(nn.Module):
-    """Shift by up to `max_shift` pixels and rotate by up to `max_rotation` degrees, with prob p."""
+    """Shift by up to `max_shift` pixels, rotate by up to `max_rotation` degrees, with prob p."""
 
     def __init__(self, p: float = 0.5, max_shift: float = 1.0, max_rotation: float = 10.0) -> None:
         super().__init__()

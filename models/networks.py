@@ -69,11 +69,16 @@ def build_network(spec: CNNSpec) -> nn.Module:
     return DigitsCNN(spec)
 
 
+def load_network(spec_path: str | Path, weights_path: str | Path) -> nn.Module:
+    """A network in eval mode from model.json and a weights-only state dict."""
+    meta = json.loads(Path(spec_path).read_text())
+    net = build_network(CNNSpec(**meta["spec"]))
+    net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
 def load_trained(train_dir: str | Path) -> tuple[nn.Module, Normalizer]:
     """The trained network (eval mode) and its normalizer from a train folder."""
     folder = Path(train_dir)
-    meta = json.loads((folder / "model.json").read_text())
-    net = build_network(CNNSpec(**meta["spec"]))
-    net.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-    net.eval()
+    net = load_network(folder / "model.json", folder / "model.pt")
     return net, Normalizer.load(folder / "normalizer.json")

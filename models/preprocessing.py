@@ -29,7 +29,8 @@ class Normalizer:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.height * self.width:
             raise ValueError(
-                f"expected raw rows of {self.height * self.width} pixel values, got shape {x.shape}"
+                f"expected raw rows of {self.height * self.width} pixel values, "
+                f"got shape {x.shape}"
             )
         out = (x - np.float32(self.mean)) / np.float32(self.std)
         return out.reshape(-1, 1, self.height, self.width)

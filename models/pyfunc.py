@@ -72,18 +72,11 @@ class DigitsClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Build the network from its spec, load the weights and the fitted normalizer."""
-        import torch
-
-        from models.networks import CNNSpec, build_network
+        from models.networks import load_network
         from models.preprocessing import Normalizer
 
-        meta = json.loads(Path(context.artifacts[SPEC]).read_text())
-        self.spec = CNNSpec(**meta["spec"])
         self.normalizer = Normalizer.load(context.artifacts[NORMALIZER])
-        net = build_network(self.spec)
-        state = torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-        self.net = net.eval()
+        self.net = load_network(context.artifacts[SPEC], context.artifacts[WEIGHTS])
 
     # The hint is pd.DataFrame because MLflow reads predict's hints: a union makes it warn.
     def predict(

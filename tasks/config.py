@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PARAMS_FILE = "params.yaml"
 
@@ -40,9 +47,10 @@ class Paths(_Frozen):
 
 
 class DataConfig(_Frozen):
-    """Which data set ingest writes."""
+    """Which data set ingest writes: the built-in digits, or a CSV with the same columns."""
 
     dataset: Literal["digits"] = "digits"
+    source: str | None = None
 
 
 class ValidateConfig(_Frozen):

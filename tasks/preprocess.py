@@ -1,4 +1,4 @@
-"""Preprocess: clean, split (stratified, seeded) and fit the normalization on training rows only."""
+"""Preprocess: clean, split (stratified, seeded), fit the normalization on training rows only."""
 
 from __future__ import annotations
 
@@ -41,9 +41,7 @@ def clean(frame: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, int, int]:
     return deduped, int((~valid).sum()), len(kept) - len(deduped)
 
 
-def split(
-    x: np.ndarray, y: np.ndarray, cfg: Config
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def split(x: np.ndarray, y: np.ndarray, cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Stratified train/val/test split with the configured fractions and seed."""
     from sklearn.model_selection import train_test_split
 

@@ -49,37 +49,21 @@ class PromoteResult:
 
 def score(metric: str, y: np.ndarray, predictions: pd.DataFrame) -> float:
     """One test metric from a pyfunc's output (`prediction`, `proba_0`..`proba_k`)."""
-    import numpy as np
+    from tasks.evaluate import METRICS, classification_metrics
 
-    pred = predictions["prediction"].to_numpy()
-    if metric == "accuracy":
-        return float(np.mean(pred == y))
+    if metric not in METRICS:
+        raise ValueError(f"unknown promotion metric {metric!r}")
     proba_cols = sorted(
         (c for c in predictions.columns if c.startswith("proba_")), key=lambda c: int(c[6:])
     )
-    labels = list(range(len(proba_cols)))
-    if metric == "roc_auc_ovr":
-        from sklearn.metrics import roc_auc_score
-
-        proba = predictions[proba_cols].to_numpy()
-        return float(roc_auc_score(y, proba, multi_class="ovr", labels=labels))
-    from sklearn.metrics import f1_score, precision_score, recall_score
-
-    fns = {"f1_macro": f1_score, "precision_macro": precision_score, "recall_macro": recall_score}
-    if metric not in fns:
-        raise ValueError(f"unknown promotion metric {metric!r}")
-    return float(fns[metric](y, pred, labels=labels, average="macro", zero_division=0))
+    return classification_metrics(y, predictions[proba_cols].to_numpy())[metric]
 
 
-def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
+def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version holding an alias, if any (as a string: stores may return ints)."""
+    # Not get_model_version_by_alias: a missing alias raises INVALID_PARAMETER_VALUE there.
+    version = client.get_registered_model(name).aliases.get(alias)
+    return None if version is None else str(version)
 
 
 def _test_split(cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
@@ -101,7 +85,10 @@ def _test_split(cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
 def _model_score(cfg: Config, uri: str, frame: pd.DataFrame, y: np.ndarray) -> float:
     import mlflow
 
-    return score(cfg.promote.metric, y, mlflow.pyfunc.load_model(uri).predict(frame))
+    # suppress_warnings skips MLflow's scan of every installed distribution for requirement
+    # mismatches (~2 s per process), which would only warn.
+    model = mlflow.pyfunc.load_model(uri, suppress_warnings=True)
+    return score(cfg.promote.metric, y, model.predict(frame))
 
 
 def _optional_float(text: str | None) -> float | None:
@@ -121,7 +108,7 @@ def _recorded(client: MlflowClient, name: str, mv: ModelVersion) -> PromoteResul
         promoted=mv.tags[TAG_DECISION] == PROMOTED,
         reason=mv.tags.get(TAG_REASON, ""),
         new_score=_recorded_score(mv),
-        champion_version=champion.version if champion else None,
+        champion_version=champion,
         previous_champion=None if previous in (None, NONE) else previous,
         previous_score=_optional_float(mv.tags.get(TAG_CHAMPION_SCORE)),
     )
@@ -158,7 +145,7 @@ def run(cfg: Config, name: str, version: str) -> PromoteResult:
     if TAG_DECISION in mv.tags:
         return _recorded(client, name, mv)
     champion = _alias_version(client, name, CHAMPION)
-    if champion is not None and champion.version == version:
+    if champion == version:
         return PromoteResult(
             promoted=True,
             reason=f"v{version} already holds @{CHAMPION}: nothing to do",
@@ -176,17 +163,13 @@ def run(cfg: Config, name: str, version: str) -> PromoteResult:
     new_score = _model_score(cfg, f"models:/{name}/{version}", frame, y)
     champion_score = None
     if champion is not None:
-        champion_score = _model_score(cfg, f"models:/{name}/{champion.version}", frame, y)
-    champion_version = champion.version if champion else None
-    promoted, reason = decide(
-        metric, new_score, cfg.promote.min_score, champion_version, champion_score
-    )
+        champion_score = _model_score(cfg, f"models:/{name}/{champion}", frame, y)
+    promoted, reason = decide(metric, new_score, cfg.promote.min_score, champion, champion_score)
 
     # Aliases first, the decision tag last: a run cut short in between is judged again.
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
-        holder = _alias_version(client, name, CHALLENGER)
-        if holder is not None and holder.version == version:
+        if _alias_version(client, name, CHALLENGER) == version:
             client.delete_registered_model_alias(name, CHALLENGER)
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)
@@ -195,7 +178,7 @@ def run(cfg: Config, name: str, version: str) -> PromoteResult:
         TAG_METRIC: metric,
         TAG_NEW_SCORE: repr(new_score),
         TAG_CHAMPION_SCORE: NONE if champion_score is None else repr(champion_score),
-        TAG_CHAMPION_VERSION: champion_version or NONE,
+        TAG_CHAMPION_VERSION: champion or NONE,
         TAG_DECISION: PROMOTED if promoted else REJECTED,
     }
     for key, value in tags.items():
@@ -204,8 +187,8 @@ def run(cfg: Config, name: str, version: str) -> PromoteResult:
         promoted=promoted,
         reason=reason,
         new_score=new_score,
-        champion_version=version if promoted else champion_version,
-        previous_champion=champion_version,
+        champion_version=version if promoted else champion,
+        previous_champion=champion,
         previous_score=champion_score,
     )
 

@@ -28,8 +28,9 @@ def client() -> MlflowClient:
     import mlflow
 
     uri = tracking_uri()
+    # The fluent API (pyfunc.log_model) follows the same store. The registry defaults to the
+    # tracking URI; setting it here would pin it through MLFLOW_REGISTRY_URI for the process.
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
     return mlflow.MlflowClient(tracking_uri=uri)
 
 

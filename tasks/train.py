@@ -149,7 +149,9 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
             shutil.copy(Path(cfg.paths.processed_dir) / NORMALIZER, out / NORMALIZER)
             best_epoch = int(state["epoch"])
             module.net.load_state_dict(net_state)
-            val = trainer.validate(module, datamodule=dm, verbose=False)[0]
+            # re-score the best epoch without the logger, so the history keeps one point per epoch
+            scorer = make_trainer(cfg, 1, [], enable_checkpointing=False)
+            val = scorer.validate(module, datamodule=dm, verbose=False)[0]
             write_json(
                 out / MODEL_SPEC,
                 {

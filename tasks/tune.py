@@ -149,7 +149,9 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
                 "n_pruned": n_pruned,
             },
         )
-        c.log_batch(tune_run, params=[mlflow_param(f"best.{k}", v) for k, v in best.params.items()])
+        c.log_batch(
+            tune_run, params=[mlflow_param(f"best.{k}", v) for k, v in best.params.items()]
+        )
         c.log_metric(tune_run, f"best/{VAL_LOSS}", result.best_value)
         c.set_tag(tune_run, "optuna.study", study_name)
         c.set_tag(tune_run, "optuna.best_trial", str(best.number))

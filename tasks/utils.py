@@ -1,4 +1,4 @@
-"""Small I/O helpers shared by the stages: atomic writes, so a failed stage leaves no half output."""
+"""Small I/O helpers shared by the stages: atomic writes, so a failed stage leaves no half file."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ TINY = [
     "train.max_epochs=2",
     "train.patience=1",
 ]
-PROJECT_FILES = ["params.yaml", "dvc.yaml", ".dvcignore", "tasks", "models"]
+PROJECT_FILES = ["params.yaml", "dvc.yaml", ".dvcignore", "tasks", "models", "flows"]
 
 
 def _copy_project(dest: Path) -> None:
@@ -76,6 +76,12 @@ def dvc_project(workspace: Path) -> Path:
     git("add", "-A", cwd=workspace)
     git("commit", "-qm", "init", cwd=workspace)
     return workspace
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    """Overrides for the tiny training budget."""
+    return list(TINY)
 
 
 @pytest.fixture
