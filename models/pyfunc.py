@@ -99,11 +99,17 @@ class DigitsClassifier(mlflow.pyfunc.PythonModel):
 
 
 def signature(n_pixels: int = N_PIXELS, n_classes: int = N_CLASSES) -> ModelSignature:
-    """Input: the raw pixel columns as doubles; output: prediction (long) and proba_k (double)."""
+    """Input: the raw pixel columns by name; output: prediction (long) and proba_k (double).
+
+    The pixel columns are typed `any`: MLflow refuses int64 for a double column ("can not safely
+    convert") and float64 for a long one, while raw rows come as either; `predict` itself rejects
+    anything non-numeric or non-finite with a one-line message.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
 
-    inputs = Schema([ColSpec("double", c) for c in pixel_columns(n_pixels)])
+    inputs = Schema([ColSpec(AnyType(), c) for c in pixel_columns(n_pixels)])
     outputs = Schema(
         [ColSpec("long", PREDICTION)] + [ColSpec("double", c) for c in proba_columns(n_classes)]
     )

@@ -1,5 +1,6 @@
 """The whole flow in a temporary git + DVC repository with a temporary SQLite MLflow store."""
 
+import io
 import json
 import os
 import subprocess
@@ -41,9 +42,9 @@ def _predict_in_fresh_process(root: Path, rows: pd.DataFrame) -> pd.DataFrame:
         text=True,
         cwd=root.parent,
         env=env,
-        check=True,
     )
-    return pd.read_json(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    return pd.read_json(io.StringIO(out.stdout.strip().splitlines()[-1]))
 
 
 def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
@@ -56,7 +57,7 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     c = tracking.client()
     assert _versions() == [1]
     champion = c.get_model_version_by_alias(NAME, "champion")
-    assert champion.version == "1"
+    assert str(champion.version) == "1"
     tags = champion.tags
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
@@ -83,6 +84,10 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     pred = _predict_in_fresh_process(root, raw.drop(columns="label"))
     assert len(pred) == 20
     assert (pred["prediction"].to_numpy() == raw["label"].to_numpy()).mean() >= 0.5
+    proba = pred[[f"proba_{k}" for k in range(10)]].to_numpy()
+    assert abs(proba.sum(axis=1) - 1).max() < 1e-6
+    as_float = _predict_in_fresh_process(root, raw.drop(columns="label").astype(float))
+    assert (as_float["prediction"] == pred["prediction"]).all()
 
     # nothing changed: nothing retrains, no new version, no alias moves, dvc agrees
     second = pipeline(overrides=[])
@@ -92,7 +97,7 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     }
     assert outcomes["evaluate"] == "skipped" and outcomes["register"] == "skipped"
     assert _versions() == [1]
-    assert c.get_model_version_by_alias(NAME, "champion").version == "1"
+    assert str(c.get_model_version_by_alias(NAME, "champion").version) == "1"
     status = subprocess.run([DVC, "status"], cwd=root, capture_output=True, text=True)
     assert "up to date" in status.stdout
 
@@ -103,7 +108,7 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     assert outcomes["train"] == "ran" and outcomes["evaluate"] == "ran"
 
     # a worse challenger (a learning rate too small to learn) is not promoted
-    champion_before = c.get_model_version_by_alias(NAME, "champion").version
+    champion_before = str(c.get_model_version_by_alias(NAME, "champion").version)
     worse = pipeline(
         overrides=[
             "tune.space.lr={low: 0.000001, high: 0.000002, log: true}",
@@ -111,7 +116,7 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
         ]
     )
     new = worse["model"]["version"]
-    assert c.get_model_version_by_alias(NAME, "champion").version == champion_before
+    assert str(c.get_model_version_by_alias(NAME, "champion").version) == champion_before
     tags = c.get_model_version(NAME, new).tags
     assert tags["promotion.decision"] == "rejected"
     assert f"champion v{champion_before}" in tags["promotion.reason"]
