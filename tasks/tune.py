@@ -66,7 +66,7 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     t = cfg.tune
     study_name = f"{cfg.register_.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    # Without a flow, the tune run itself is the parent of the trials.
+    # Trials nest under the pipeline's parent run; without a flow, under the tune run itself.
     tune_run = tracking.start_run(
         cfg.register_.experiment, "tune", parent_run_id, tags={"dlops.stage": "tune"}
     )
@@ -79,7 +79,7 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
         trial_run = tracking.start_run(
             cfg.register_.experiment,
             f"trial-{trial.number}",
-            tune_run,
+            parent_run_id or tune_run,
             tags={"dlops.stage": "tune", "optuna.study": study_name},
         )
         c.log_batch(

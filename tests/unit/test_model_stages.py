@@ -36,9 +36,16 @@ def test_tune_writes_best_params_and_nests_trials(processed):
     runs = {run.info.run_name: run for run in _runs(cfg.register_.experiment)}
     assert runs["tune"].data.tags["mlflow.parentRunId"] == parent
     trial = runs["trial-0"]
-    assert trial.data.tags["mlflow.parentRunId"] == r.run_id
+    assert trial.data.tags["mlflow.parentRunId"] == parent
     assert trial.data.tags["optuna.state"] == "COMPLETE"
     assert "val/loss" in trial.data.metrics
+    assert runs["tune"].data.tags["optuna.study"] == r.study_name
+
+
+def test_tune_without_a_pipeline_nests_trials_under_its_own_run(processed):
+    r = tune.run(processed)
+    runs = {run.info.run_name: run for run in _runs(processed.register_.experiment)}
+    assert runs["trial-0"].data.tags["mlflow.parentRunId"] == r.run_id == runs["tune"].info.run_id
 
 
 def test_train_then_evaluate(processed):
