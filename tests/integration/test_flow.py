@@ -3,8 +3,12 @@
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -45,6 +49,47 @@ def _predict_in_fresh_process(root: Path, rows: pd.DataFrame) -> pd.DataFrame:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return pd.read_json(io.StringIO(out.stdout.strip().splitlines()[-1]))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _serve_and_predict(root: Path, rows: pd.DataFrame) -> list[int]:
+    """`mlflow models serve` the champion on loopback and POST raw rows to /invocations."""
+    port = _free_port()
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    cmd = [mlflow_bin, "models", "serve", "-m", f"models:/{NAME}@champion"]
+    cmd += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    # the server runs `uvicorn` from PATH: the venv must be on it, as with an activated venv
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    body = json.dumps(
+        {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
+    ).encode()
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    predictions = json.loads(response.read())["predictions"]
+                return [int(p["prediction"]) for p in predictions]
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "model server did not answer in 90 s"
+                time.sleep(1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
@@ -88,6 +133,9 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     assert abs(proba.sum(axis=1) - 1).max() < 1e-6
     as_float = _predict_in_fresh_process(root, raw.drop(columns="label").astype(float))
     assert (as_float["prediction"] == pred["prediction"]).all()
+    # and as a REST service
+    served = _serve_and_predict(root, raw.drop(columns="label").head(5))
+    assert served == pred["prediction"].head(5).tolist()
 
     # nothing changed: nothing retrains, no new version, no alias moves, dvc agrees
     second = pipeline(overrides=[])
