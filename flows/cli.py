@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 # Nothing leaves the machine: every library's telemetry is off, every server on loopback.
@@ -24,6 +25,15 @@ def configure_environment() -> None:
     """Set the local, telemetry-free defaults without overriding what the user set."""
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` holding both params.yaml and dvc.yaml."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file() and (folder / "dvc.yaml").is_file():
+            return folder
+    raise FileNotFoundError(f"no params.yaml and dvc.yaml in {here} or any folder above it")
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -121,6 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `dlops` script."""
     args = build_parser().parse_args(argv)
     configure_environment()
+    try:
+        os.chdir(find_project_root())  # stages, DVC and params.yaml work from the root
+    except FileNotFoundError as exc:
+        print(f"dlops: {exc}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(args.func(args))
 
 

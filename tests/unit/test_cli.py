@@ -1,0 +1,42 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import build_parser, find_project_root, main
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, flows.cli; flows.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_run_parses_repeated_overrides():
+    args = build_parser().parse_args(["run", "-S", "train.max_epochs=5", "-S", "seed=1"])
+    assert args.set == ["train.max_epochs=5", "seed=1"]
+
+
+def test_project_root_is_found_from_a_subfolder(workspace):
+    sub = workspace / "tasks"
+    assert find_project_root(sub) == workspace.resolve()
+
+
+def test_outside_a_project_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["run"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dlops: no params.yaml and dvc.yaml in") and "\n" not in err
+
+
+def test_bad_override_is_rejected_before_anything_runs(workspace, capsys):
+    before = Path("params.yaml").read_text()
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "-S", "train.max_epoch=3"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == "dlops: params.yaml: train.max_epoch: unknown key"
+    assert Path("params.yaml").read_text() == before
+    assert not Path("data").exists() and not Path("mlflow.db").exists()
