@@ -12,10 +12,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from models.augment import RandomAffine
 from models.metrics import TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from models.networks import CNNSpec, build_network
+from models.optim import build_optimizer, build_scheduler
 
 
 class ClassifierModule(L.LightningModule):
-    """Cross-entropy classifier trained with AdamW and an optional LR schedule."""
+    """Cross-entropy classifier; optimizer and LR schedule by name (models.optim)."""
 
     def __init__(
         self,
@@ -26,6 +27,12 @@ class ClassifierModule(L.LightningModule):
         max_epochs: int = 30,
         label_smoothing: float = 0.0,
         augment: dict[str, float] | None = None,
+        optimizer: str = "adamw",
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        warmup_epochs: int = 0,
+        step_size: int | None = None,
+        gamma: float = 0.1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -72,13 +79,13 @@ class ClassifierModule(L.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        """AdamW with cosine annealing, step decay or a constant rate."""
+        """The optimizer and LR schedule named in the hyperparameters."""
         hp = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, hp.max_epochs))
-        elif hp.scheduler == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, hp.max_epochs // 3))
-        else:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        opt = build_optimizer(
+            self.parameters(), hp.optimizer, hp.lr, hp.weight_decay, hp.momentum, hp.nesterov
+        )
+        total = int(self.trainer.estimated_stepping_batches) if hp.scheduler == "onecycle" else 0
+        sched = build_scheduler(
+            opt, hp.scheduler, hp.max_epochs, total, hp.warmup_epochs, hp.step_size, hp.gamma
+        )
+        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}

@@ -167,9 +167,28 @@ class TrainConfig(_Frozen):
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     weight_decay: float = Field(1e-4, ge=0)
-    scheduler: Literal["cosine", "step", "none"] = "cosine"
+    optimizer: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    scheduler: Literal["cosine", "step", "onecycle", "plateau", "none"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    step_size: int | None = Field(None, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    grad_clip: float | None = Field(None, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     threads: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _combinations(self) -> TrainConfig:
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer sgd with momentum > 0")
+        if self.warmup_epochs and self.scheduler in ("onecycle", "plateau", "none"):
+            raise ValueError(
+                f"warmup_epochs applies to cosine and step, not to scheduler {self.scheduler}"
+            )
+        if self.warmup_epochs >= self.max_epochs:
+            raise ValueError("warmup_epochs must be below max_epochs")
+        return self
 
 
 class RegisterConfig(_Frozen):

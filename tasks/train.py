@@ -64,6 +64,12 @@ def build_module(cfg: Config, hp: dict[str, Any], max_epochs: int) -> Any:
         max_epochs=max_epochs,
         label_smoothing=cfg.train.label_smoothing,
         augment=cfg.preprocess.augment.model_dump(),
+        optimizer=cfg.train.optimizer,
+        momentum=cfg.train.momentum,
+        nesterov=cfg.train.nesterov,
+        warmup_epochs=min(cfg.train.warmup_epochs, max_epochs - 1),
+        step_size=cfg.train.step_size,
+        gamma=cfg.train.gamma,
     )
 
 
@@ -89,6 +95,7 @@ def make_trainer(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
+        gradient_clip_val=cfg.train.grad_clip,
         **kwargs,
     )
 

@@ -1,0 +1,107 @@
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from models.module import ClassifierModule
+from models.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
+from tasks.config import ConfigError, load_config
+
+SPEC = {"channels": 4, "dropout": 0.0, "hidden": 8, "n_classes": 3}
+
+
+def _loaders():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 1, 8, 8, generator=gen)
+    y = torch.arange(48) % 3
+    x[torch.arange(48), 0, y, y] += 3.0  # a learnable signal
+    data = TensorDataset(x, y)
+    return DataLoader(data, batch_size=16), DataLoader(data, batch_size=16)
+
+
+def _fit(epochs: int, **hp) -> tuple[ClassifierModule, list[float], list[float]]:
+    L.seed_everything(0, verbose=False)
+    module = ClassifierModule(spec=SPEC, max_epochs=epochs, **hp)
+    lrs: list[float] = []
+    losses: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            losses.append(float(trainer.callback_metrics["train/loss"]))
+
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Record()],
+        num_sanity_val_steps=0,
+    )
+    train, val = _loaders()
+    trainer.fit(module, train, val)
+    return module, lrs, losses
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_every_optimizer_and_schedule_builds_and_steps(optimizer, scheduler):
+    _, lrs, losses = _fit(3, optimizer=optimizer, scheduler=scheduler, lr=0.01)
+    assert len(lrs) == 3 and all(lr > 0 for lr in lrs)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    if scheduler in ("cosine", "step"):
+        assert lrs[-1] < lrs[0]
+
+
+def test_loss_decreases_with_sgd_nesterov():
+    _, _, losses = _fit(6, optimizer="sgd", nesterov=True, lr=0.05, scheduler="none")
+    assert losses[-1] < losses[0]
+
+
+def test_warmup_ramps_then_decays():
+    _, lrs, _ = _fit(5, scheduler="cosine", warmup_epochs=2, lr=0.01)
+    assert lrs[0] == pytest.approx(0.001)
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(0.01)
+    assert lrs[4] < lrs[2]
+
+
+def test_step_schedule_decays_by_gamma():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt = build_optimizer(params, "sgd", lr=1.0, momentum=0.0)
+    sched = build_scheduler(opt, "step", max_epochs=6, step_size=2, gamma=0.5)["scheduler"]
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_gradient_clipping_reaches_the_trainer(workspace):
+    from tasks.train import make_trainer
+
+    cfg = load_config("params.yaml", ["train.grad_clip=0.5"])
+    assert make_trainer(cfg, 1, []).gradient_clip_val == 0.5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.optimizer=lbfgs"], "train.optimizer: Input should be 'adamw', 'adam', 'sgd'"),
+        (["train.nesterov=true"], "train: nesterov needs optimizer sgd with momentum > 0"),
+        (
+            ["train.scheduler=plateau", "train.warmup_epochs=2"],
+            "train: warmup_epochs applies to cosine and step, not to scheduler plateau",
+        ),
+        (["train.warmup_epochs=40"], "train: warmup_epochs must be below max_epochs"),
+        (["train.grad_clip=0"], "train.grad_clip: Input should be greater than 0"),
+    ],
+)
+def test_invalid_training_combinations_are_named(workspace, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("params.yaml", overrides)
+    assert message in str(err.value)
