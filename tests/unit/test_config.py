@@ -24,7 +24,10 @@ def test_override_changes_value_and_hash(workspace):
     [
         ("train.max_epoch=3", "params.yaml: train.max_epoch: unknown key"),
         ("trainx.lr=1", "unknown key 'trainx'"),
-        ("train.scheduler=bogus", "train.scheduler: Input should be 'cosine', 'step' or 'none'"),
+        (
+            "train.scheduler=bogus",
+            "train.scheduler: Input should be 'cosine', 'step', 'onecycle', 'plateau' or 'none'",
+        ),
         ("promote.min_score=2", "promote.min_score: Input should be less than or equal to 1"),
         ("tune.space.depth={choices: [1, 2]}", "tune.space: unknown search dimension 'depth'"),
         ("preprocess.test_size=0.8", "val_size + test_size must leave at least 10%"),
