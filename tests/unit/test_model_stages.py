@@ -60,6 +60,8 @@ def test_train_then_evaluate(processed):
     assert isinstance(net, torch.nn.Module)
     history = tracking.client().get_metric_history(r.run_id, "val/loss")
     assert len(history) == r.epochs == 2
+    for key in ("train/loss", "train/acc", "val/acc"):
+        assert len(tracking.client().get_metric_history(r.run_id, key)) == 2, key
     run = tracking.client().get_run(r.run_id)
     assert run.info.status == "FINISHED"
 

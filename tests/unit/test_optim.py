@@ -26,10 +26,13 @@ def _fit(epochs: int, **hp) -> tuple[ClassifierModule, list[float], list[float]]
     losses: list[float] = []
 
     class Record(L.Callback):
+        # train/loss is logged by the module's on_train_epoch_end, after callbacks' hooks
         def on_train_epoch_start(self, trainer, pl_module):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+            if "train/loss" in trainer.callback_metrics:
+                losses.append(float(trainer.callback_metrics["train/loss"]))
 
-        def on_train_epoch_end(self, trainer, pl_module):
+        def on_fit_end(self, trainer, pl_module):
             losses.append(float(trainer.callback_metrics["train/loss"]))
 
     trainer = L.Trainer(
@@ -51,7 +54,7 @@ def _fit(epochs: int, **hp) -> tuple[ClassifierModule, list[float], list[float]]
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_every_optimizer_and_schedule_builds_and_steps(optimizer, scheduler):
     _, lrs, losses = _fit(3, optimizer=optimizer, scheduler=scheduler, lr=0.01)
-    assert len(lrs) == 3 and all(lr > 0 for lr in lrs)
+    assert len(lrs) == len(losses) == 3 and all(lr > 0 for lr in lrs)
     assert all(torch.isfinite(torch.tensor(losses)))
     if scheduler in ("cosine", "step"):
         assert lrs[-1] < lrs[0]
