@@ -5,19 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from models.preprocessing import Normalizer
+from models.preprocessing import Normalizer, load_split
 
 SPLITS = ("train", "val", "test")
-
-
-def load_split(processed_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Raw rows (N, 64) and labels (N,) of one split."""
-    with np.load(Path(processed_dir) / f"{split}.npz") as npz:
-        return npz["x"], npz["y"]
 
 
 class DigitsDataModule(L.LightningDataModule):

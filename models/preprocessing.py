@@ -43,3 +43,9 @@ class Normalizer:
     def load(cls, path: str | Path) -> Normalizer:
         """Read from JSON."""
         return cls(**json.loads(Path(path).read_text()))
+
+
+def load_split(processed_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Raw rows (N, 64) and labels (N,) of one processed split (train, val or test)."""
+    with np.load(Path(processed_dir) / f"{split}.npz") as npz:
+        return npz["x"], npz["y"]

@@ -105,7 +105,7 @@ def _plots(y: np.ndarray, proba: np.ndarray, out: Path) -> list[Path]:
 
 def run(cfg: Config) -> EvaluateResult:
     """Score the trained model on the test split; log metrics and plots to its training run."""
-    from models.datamodule import load_split
+    from models.preprocessing import load_split
 
     x, y = load_split(cfg.paths.processed_dir, "test")
     proba = predict_proba(cfg.paths.train_dir, x)

@@ -71,14 +71,14 @@ def _test_split(cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
     import numpy as np
     import pandas as pd
 
+    from models.preprocessing import load_split
     from models.pyfunc import pixel_columns
 
     path = Path(cfg.paths.processed_dir) / "test.npz"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no test split; run tasks.preprocess first")
-    # Same file as models.datamodule.load_split, read without importing Lightning (seconds).
-    with np.load(path) as npz:
-        x, y = np.asarray(npz["x"], dtype=np.float64), npz["y"]
+    x, y = load_split(cfg.paths.processed_dir, "test")
+    x = np.asarray(x, dtype=np.float64)
     return pd.DataFrame(x, columns=pixel_columns(x.shape[1])), y
 
 

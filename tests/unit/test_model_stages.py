@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.datamodule import load_split
 from models.networks import load_trained
+from models.preprocessing import load_split
 from tasks import evaluate, ingest, preprocess, tracking, train, tune
 
 
