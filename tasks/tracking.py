@@ -63,3 +63,10 @@ def start_run(
 def end_run(run_id: str, failed: bool = False) -> None:
     """Mark a run finished (or failed)."""
     client().set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+def log_params(run_id: str, params: dict[str, object]) -> None:
+    """Log several params in one request."""
+    from mlflow.entities import Param
+
+    client().log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])

@@ -82,10 +82,7 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
             parent_run_id or tune_run,
             tags={"dlops.stage": "tune", "optuna.study": study_name},
         )
-        c.log_batch(
-            trial_run,
-            params=[mlflow_param(k, v) for k, v in hp.items()],
-        )
+        tracking.log_params(trial_run, hp)
         L.seed_everything(cfg.seed + trial.number, workers=True, verbose=False)
         dm.batch_size = int(hp["batch_size"])
         module = build_module(cfg, hp, t.max_epochs)
@@ -149,9 +146,7 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
                 "n_pruned": n_pruned,
             },
         )
-        c.log_batch(
-            tune_run, params=[mlflow_param(f"best.{k}", v) for k, v in best.params.items()]
-        )
+        tracking.log_params(tune_run, {f"best.{k}": v for k, v in best.params.items()})
         c.log_metric(tune_run, f"best/{VAL_LOSS}", result.best_value)
         c.set_tag(tune_run, "optuna.study", study_name)
         c.set_tag(tune_run, "optuna.best_trial", str(best.number))
@@ -160,13 +155,6 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
         raise
     tracking.end_run(tune_run)
     return result
-
-
-def mlflow_param(key: str, value: Any) -> Any:
-    """An MLflow `Param` entity."""
-    from mlflow.entities import Param
-
-    return Param(key, str(value))
 
 
 def main() -> None:

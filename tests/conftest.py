@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -10,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from flows.cli import configure_environment
+
 REPO = Path(__file__).resolve().parents[1]
-for key, value in {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "true",
-}.items():
-    os.environ.setdefault(key, value)
+configure_environment()  # the CLI's local, telemetry-free defaults
 
 # A tiny budget: one trial, one or two epochs; everything else as shipped.
 TINY = [
