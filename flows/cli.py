@@ -43,12 +43,13 @@ def _summary(result: dict[str, Any]) -> str:
     lines = ["", f"dlops run finished in {result['total_seconds']:.1f} s", "stages:"]
     for s in result["stages"]:
         lines.append(f"  {s['name']:<11} {s['outcome']:<9} {s['seconds']:7.2f} s")
+    data = result["stages"][0]["detail"]
     lines.append(
-        "test metrics: "
-        + ", ".join(
-            f"{k} {m[k]:.4f}"
-            for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc_ovr")
-        )
+        f"data: {data.get('source')} ({data.get('modality')}, {data.get('task')}, "
+        f"{data.get('rows')} rows)"
+    )
+    lines.append(
+        "test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "n_test")
     )
     lines.append(f"registered model: {model['name']} version {model['version']}")
     verdict = "is the champion" if promo["promoted"] else "did not become the champion"
@@ -63,27 +64,66 @@ def _summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def data_overrides(data: str | None) -> list[str]:
+    """`--data PATH`: the source, with modality and task inferred again (absolute local paths)."""
+    if not data:
+        return []
+    source = data if "://" in data else str(Path(data).expanduser().resolve())
+    return [f"data.source={source}", "data.modality=auto", "data.task=auto"]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the whole pipeline as a Prefect flow."""
     from tasks.config import ConfigError, load_config
 
+    overrides = data_overrides(args.data) + args.set
     try:
-        load_config(overrides=args.set)  # fail fast, before Prefect starts
+        load_config(overrides=overrides)  # fail fast, before Prefect starts
     except ConfigError as exc:
         print(f"dlops: {exc}", file=sys.stderr)
         return 2
     from flows.pipeline import pipeline
+    from tasks.sources import DataError
     from tasks.validate import DataValidationError
 
     try:
-        result = pipeline(overrides=args.set)
-    except (DataValidationError, ConfigError) as exc:
+        result = pipeline(overrides=overrides)
+    except (DataValidationError, DataError, ConfigError) as exc:
         print(f"dlops: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
         print(_summary(result))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run the train stage alone (recorded by DVC), optionally resuming a killed training."""
+    from tasks.config import ConfigError, write_overrides
+
+    try:
+        cfg = write_overrides("params.yaml", args.set)
+    except ConfigError as exc:
+        print(f"dlops: {exc}", file=sys.stderr)
+        return 2
+    from flows.dvc_record import reproduce
+    from tasks import train
+
+    outcome, result = reproduce(".", "train", lambda: train.run(cfg, resume=args.resume))
+    if result is None:
+        print(f"train: {outcome.value} (nothing changed since the last training)")
+        return 0
+    resumed = (
+        f"resumed from epoch {result.resumed_from_epoch}; "
+        if result.resumed_from_epoch is not None
+        else ""
+    )
+    print(
+        f"train: {resumed}best {result.metric_name} {result.best_val_metric:.4f}, val/loss "
+        f"{result.best_val_loss:.4f} at epoch {result.best_epoch} of {result.epochs}; "
+        f"MLflow run {result.run_id}"
+    )
     return 0
 
 
@@ -116,8 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override a parameter (validated, then written to params.yaml as `dvc exp run -S`)",
     )
+    run.add_argument(
+        "--data",
+        metavar="PATH",
+        help="your data: a CSV/Parquet file, an image folder root/<class>/<image>, an .npz, "
+        "or an fsspec URI (sets data.source; modality and task are inferred)",
+    )
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     run.set_defaults(func=cmd_run)
+    tr = sub.add_parser("train", help="run the train stage alone (after `dlops run` or dvc repro)")
+    tr.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed training from its last checkpoint (same params and data)",
+    )
+    tr.add_argument("-S", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    tr.set_defaults(func=cmd_train)
     dep = sub.add_parser("deploy", help="schedule the pipeline on a Prefect process work pool")
     dep.add_argument("--name", default="dlops-scheduled")
     dep.add_argument("--pool", default="dlops")

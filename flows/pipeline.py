@@ -43,10 +43,11 @@ def _dvc_stage(name: str, fn: Any) -> tuple[StageReport, Any]:
 def ingest(cfg: Config) -> StageReport:
     """Write the built-in data set to data/raw (DVC out)."""
     from tasks import ingest as stage
+    from tasks.sources import Manifest
 
-    report, value = _dvc_stage("ingest", lambda: stage.run(cfg))
-    if value is not None:
-        report.detail = {"rows": value.rows}
+    report, _ = _dvc_stage("ingest", lambda: stage.run(cfg))
+    m = Manifest.load(cfg.paths.raw_dir)
+    report.detail = {"rows": m.rows, "modality": m.modality, "task": m.task, "source": m.source}
     return report
 
 
@@ -68,12 +69,15 @@ def validate(cfg: Config, parent_run_id: str) -> StageReport:
 
 
 @task(name="preprocess", cache_policy=NO_CACHE)
-def preprocess(cfg: Config) -> StageReport:
-    """Clean, split and fit the normalization (DVC out)."""
+def preprocess(cfg: Config, parent_run_id: str) -> StageReport:
+    """Clean, split, check leakage and fit the preprocessing (DVC out)."""
     from tasks import preprocess as stage
 
     report, _ = _dvc_stage("preprocess", lambda: stage.run(cfg))
-    report.detail = read_json(Path(cfg.paths.processed_dir) / "split.json")["counts"]
+    split = Path(cfg.paths.processed_dir) / "split.json"
+    info = read_json(split)
+    tracking.client().log_artifact(parent_run_id, str(split), "preprocess")
+    report.detail = {**info["counts"], "leakage": info["leakage"]["fraction"]}
     return report
 
 
@@ -88,12 +92,17 @@ def tune(cfg: Config, parent_run_id: str) -> StageReport:
     return report
 
 
-@task(name="train", cache_policy=NO_CACHE)
+@task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
 def train(cfg: Config, parent_run_id: str) -> StageReport:
-    """Final training with the best parameters."""
+    """Final training with the best parameters; a retry resumes from the last checkpoint."""
+    from prefect.runtime import task_run
+
     from tasks import train as stage
 
-    report, _ = _dvc_stage("train", lambda: stage.run(cfg, parent_run_id=parent_run_id))
+    resume = task_run.run_count > 1
+    report, _ = _dvc_stage(
+        "train", lambda: stage.run(cfg, parent_run_id=parent_run_id, resume=resume)
+    )
     report.detail = read_json(cfg.paths.train_metrics)
     return report
 
@@ -124,7 +133,7 @@ def register(cfg: Config, parent_run_id: str, flow_run_id: str | None) -> StageR
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote(cfg: Config, name: str, version: str) -> StageReport:
-    """Move @champion to the new version if it clears the floor and beats the champion."""
+    """Move @champion to the new version if it clears the bound and is no worse."""
     from tasks import promote as stage
 
     start = time.perf_counter()
@@ -151,7 +160,7 @@ def pipeline(overrides: list[str] | None = None) -> dict[str, Any]:
     try:
         reports.append(ingest(cfg))
         reports.append(validate(cfg, parent))
-        reports.append(preprocess(cfg))
+        reports.append(preprocess(cfg, parent))
         reports.append(tune(cfg, parent))
         reports.append(train(cfg, parent))
         reports.append(evaluate(cfg))

@@ -1,44 +1,66 @@
-"""The DataModule: processed splits (raw pixel rows) normalized with the fitted normalizer."""
+"""The DataModule: processed splits (raw inputs) through the fitted preprocessor, in memory."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from models.preprocessing import Normalizer, load_split
+from models.preprocessing import Preprocessor, load, load_split
 
 SPLITS = ("train", "val", "test")
 
 
-class DigitsDataModule(L.LightningDataModule):
-    """In-memory tensors; shuffling is seeded so that runs repeat exactly."""
+class EpochSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch): a resumed run sees the same batches."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class DataModule(L.LightningDataModule):
+    """Tensors of every split, preprocessed once; labels as class indices or standardized."""
 
     def __init__(self, processed_dir: str | Path, batch_size: int = 64, seed: int = 42) -> None:
         super().__init__()
         self.processed_dir = Path(processed_dir)
         self.batch_size = batch_size
         self.seed = seed
-        self.normalizer = Normalizer.load(self.processed_dir / "normalizer.json")
+        self.preprocessor: Preprocessor = load(self.processed_dir / "preprocessor.json")
         self.datasets: dict[str, TensorDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        """Load and normalize every split once."""
+        """Load and preprocess every split once."""
         if self.datasets:
             return
+        target = self.preprocessor.target
         for split in SPLITS:
             x, y = load_split(self.processed_dir, split)
-            self.datasets[split] = TensorDataset(
-                torch.from_numpy(self.normalizer.transform(x)), torch.from_numpy(y).long()
-            )
+            x = torch.from_numpy(self.preprocessor.transform(x))
+            if target.task == "classification":
+                y = torch.from_numpy(y).long()
+            else:
+                y = torch.from_numpy(target.encode(y))
+            self.datasets[split] = TensorDataset(x, y)
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, generator=gen
-        )
+        data = self.datasets[split]
+        sampler = EpochSampler(len(data), self.seed) if shuffle else None
+        return DataLoader(data, batch_size=self.batch_size, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches."""

@@ -1,86 +1,103 @@
-"""The LightningModule for classification: wraps any network, one metric object per split."""
+"""LightningModules: one per task type, each wrapping any network of models.networks.
+
+Both share `TaskModule`: hyperparameters saved, the network built from its spec, augmentation
+on training batches, one shared step, the epoch's loss and headline metric accumulated per step
+and logged once per epoch, and the optimizer and LR schedule by name (models.optim). The RNG
+states travel in checkpoints, so a resumed training continues the uninterrupted one exactly.
+"""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy
 
-from models.augment import RandomAffine
-from models.metrics import TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
-from models.networks import CNNSpec, build_network
+from models.augment import build_augment
+from models.metrics import HEADLINE, LOSS
+from models.networks import NetSpec, build_network
 from models.optim import build_optimizer, build_scheduler
 
+RNG_KEY = "dlops_rng"
 
-class ClassifierModule(L.LightningModule):
-    """Cross-entropy classifier; optimizer and LR schedule by name (models.optim)."""
+
+class TaskModule(L.LightningModule):
+    """What classification and regression share."""
+
+    task = ""
 
     def __init__(
         self,
         spec: dict[str, Any],
+        modality: str = "images",
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
-        scheduler: str = "cosine",
-        max_epochs: int = 30,
-        label_smoothing: float = 0.0,
-        augment: dict[str, float] | None = None,
         optimizer: str = "adamw",
         momentum: float = 0.9,
         nesterov: bool = False,
+        scheduler: str = "cosine",
+        max_epochs: int = 30,
         warmup_epochs: int = 0,
         step_size: int | None = None,
         gamma: float = 0.1,
+        augment: dict[str, Any] | None = None,
+        loss: str = "cross_entropy",
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+        huber_delta: float = 1.0,
+        target_std: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.spec = CNNSpec(**spec)
+        self.spec = NetSpec.from_dict(spec)
         self.net = build_network(self.spec)
-        self.augment = RandomAffine(**(augment or {"p": 0.0}))
-        n = self.spec.n_classes
-        self.train_acc = MulticlassAccuracy(num_classes=n, average="micro", validate_args=False)
-        self.val_acc = MulticlassAccuracy(num_classes=n, average="micro", validate_args=False)
-        self.test_acc = MulticlassAccuracy(num_classes=n, average="micro", validate_args=False)
-        # Sum of loss * rows and rows seen, per split; logged once per epoch (see _log_epoch).
-        self._loss_sums: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
+        self.augment = build_augment(modality, augment or {"p": 0.0})
+        # Sums of (loss * rows, metric numerator, rows) per split, logged once per epoch: a
+        # `self.log` per step costs more than the step itself on small models.
+        self._sums: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch of normalized images."""
+        """The network's raw outputs for a batch of preprocessed inputs."""
         return self.net(x)
 
-    def _metric(self, split: str) -> MulticlassAccuracy:
-        return {"train": self.train_acc, "val": self.val_acc, "test": self.test_acc}[split]
+    def loss_fn(self, out: torch.Tensor, y: torch.Tensor, split: str) -> torch.Tensor:
+        """The task's loss."""
+        raise NotImplementedError
+
+    def metric_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's contribution to the headline metric's numerator."""
+        raise NotImplementedError
+
+    def finish_metric(self, total: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The epoch's headline metric from its summed numerator."""
+        raise NotImplementedError
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
         if split == "train":
             x = self.augment(x)
-        logits = self(x)
-        smoothing = self.hparams.label_smoothing if split == "train" else 0.0
-        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-        # Accumulate only: a `self.log` per step costs more than the step itself on 8x8 images.
-        self._metric(split).update(logits.detach(), y)
-        self._loss_sums[split].append(
-            torch.stack([loss.detach() * len(y), loss.new_tensor(len(y))])
-        )
+        out = self(x)
+        loss = self.loss_fn(out, y, split)
+        with torch.no_grad():
+            n = loss.new_tensor(float(len(y)))
+            self._sums[split].append(
+                torch.stack([loss.detach().float() * n, self.metric_sum(out.detach(), y), n])
+            )
         return loss
 
     def _log_epoch(self, split: str) -> None:
-        sums = self._loss_sums[split]
+        sums = self._sums[split]
         if not sums:
             return
         total = torch.stack(sums).sum(dim=0)
-        names = {
-            "train": (TRAIN_LOSS, TRAIN_ACC),
-            "val": (VAL_LOSS, VAL_ACC),
-            "test": (TEST_LOSS, TEST_ACC),
-        }[split]
-        metric = self._metric(split)
-        values = {names[0]: total[0] / total[1], names[1]: metric.compute()}
+        values = {
+            LOSS[split]: total[0] / total[2],
+            HEADLINE[self.task][split]: self.finish_metric(total[1], total[2]),
+        }
         self.log_dict(values, prog_bar=split == "val", sync_dist=True)
-        metric.reset()
         sums.clear()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -88,24 +105,43 @@ class ClassifierModule(L.LightningModule):
         return self._step(batch, "train")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Validation loss and accuracy."""
+        """Validation loss and metric."""
         self._step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        """Test loss and accuracy."""
+        """Test loss and metric."""
         self._step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
-        """Log the epoch's training loss and accuracy."""
+        """Log the epoch's training loss and metric."""
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
-        """Log the epoch's validation loss and accuracy (read by early stopping and pruning)."""
+        """Log the epoch's validation loss and metric (read by early stopping and pruning)."""
         self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        """Log the test loss and accuracy."""
+        """Log the test loss and metric."""
         self._log_epoch("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the RNG states, so that a resumed run draws what the uninterrupted one would."""
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # tensors and plain values only, so that the checkpoint loads with weights_only=True
+        checkpoint[RNG_KEY] = {
+            "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the RNG states saved with the checkpoint."""
+        state = checkpoint.get(RNG_KEY)
+        if state:
+            torch.set_rng_state(state["torch"])
+            kind, keys, pos, has_gauss, gauss = state["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            random.setstate(state["python"])
 
     def configure_optimizers(self) -> Any:
         """The optimizer and LR schedule named in the hyperparameters."""
@@ -118,3 +154,66 @@ class ClassifierModule(L.LightningModule):
             opt, hp.scheduler, hp.max_epochs, total, hp.warmup_epochs, hp.step_size, hp.gamma
         )
         return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
+
+
+class ClassifierModule(TaskModule):
+    """Cross-entropy (label smoothing, class weights); accuracy."""
+
+    task = "classification"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        weights = self.hparams.class_weights
+        self.register_buffer(
+            "class_weights", torch.tensor(weights, dtype=torch.float32) if weights else None
+        )
+
+    def loss_fn(self, out: torch.Tensor, y: torch.Tensor, split: str) -> torch.Tensor:
+        """Cross-entropy; smoothing and class weights on training batches only."""
+        train = split == "train"
+        return F.cross_entropy(
+            out,
+            y,
+            weight=self.class_weights if train else None,
+            label_smoothing=self.hparams.label_smoothing if train else 0.0,
+        )
+
+    def metric_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Correct predictions."""
+        return (out.argmax(dim=1) == y).sum().float()
+
+    def finish_metric(self, total: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Accuracy."""
+        return total / rows
+
+
+class RegressorModule(TaskModule):
+    """MSE, MAE or Huber on the standardized target; RMSE in target units."""
+
+    task = "regression"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One standardized prediction per row, shape (N,)."""
+        return self.net(x).squeeze(-1)
+
+    def loss_fn(self, out: torch.Tensor, y: torch.Tensor, split: str) -> torch.Tensor:
+        """The configured regression loss."""
+        name = self.hparams.loss
+        if name == "mae":
+            return F.l1_loss(out, y)
+        if name == "huber":
+            return F.huber_loss(out, y, delta=self.hparams.huber_delta)
+        return F.mse_loss(out, y)
+
+    def metric_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Squared error in target units."""
+        return ((out - y).float() ** 2).sum() * self.hparams.target_std**2
+
+    def finish_metric(self, total: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """RMSE."""
+        return torch.sqrt(total / rows)
+
+
+def module_class(task: str) -> type[TaskModule]:
+    """The LightningModule for a task."""
+    return ClassifierModule if task == "classification" else RegressorModule

@@ -1,13 +1,12 @@
-"""The registered model: an MLflow pyfunc that takes RAW pixel rows and applies the normalizer.
+"""The registered model: an MLflow pyfunc that takes RAW inputs and applies the preprocessing.
 
 Logged with MLflow's models-from-code: MLflow runs this file to get the model object (see
 `set_model` at the bottom), while the weights (a state dict), the spec (model.json) and the
-normalizer travel as artifacts and the `models` package source as code, so nothing is pickled.
+preprocessor travel as artifacts and the `models` package source as code, so nothing is pickled.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -24,95 +23,140 @@ if TYPE_CHECKING:
 
 WEIGHTS = "weights"
 SPEC = "spec"
-NORMALIZER = "normalizer"
+PREPROCESSOR = "preprocessor"
 MODEL_NAME = "model"  # the logged model's name inside the training run
-N_PIXELS = 64
-N_CLASSES = 10
 PREDICTION = "prediction"
+IMAGE = "image"  # images: one column of PNG/JPEG bytes, base64 text or pixel arrays
+SEQUENCE = "sequence"  # sequences: one column of (T,) or (T, C) arrays or nested lists
 
 
-def pixel_columns(n: int = N_PIXELS) -> list[str]:
-    """The raw input columns: pixel_0 .. pixel_{n-1}."""
-    return [f"pixel_{i}" for i in range(n)]
+def proba_column(label: Any) -> str:
+    """The probability column of a class."""
+    return f"proba_{label}"
 
 
-def proba_columns(n: int = N_CLASSES) -> list[str]:
-    """The class-probability output columns: proba_0 .. proba_{n-1}."""
-    return [f"proba_{k}" for k in range(n)]
+def input_columns(pre: Any) -> list[str]:
+    """The raw input columns of a preprocessor's modality."""
+    if pre.kind == "tables":
+        return list(pre.columns)
+    return [IMAGE if pre.kind == "images" else SEQUENCE]
 
 
-def _expected(n: int) -> str:
-    return f"expected the {n} pixel columns pixel_0..pixel_{n - 1}"
+def to_model_input(kind: str, x: Any) -> pd.DataFrame:
+    """Raw inputs as the pyfunc's input frame (tables as they are; one column otherwise)."""
+    if kind == "tables":
+        return x.reset_index(drop=True)
+    column = IMAGE if kind == "images" else SEQUENCE
+    return pd.DataFrame({column: [np.asarray(v).tolist() for v in x]})
 
 
-def to_raw_rows(model_input: Any, n_pixels: int = N_PIXELS) -> np.ndarray:
-    """Validate raw input (DataFrame with the pixel columns, array or list of rows) -> (N, n)."""
+def encode_png(image: Any) -> str:
+    """An (H, W) or (H, W, C) uint8 array as base64 PNG text (the JSON-friendly image input)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    arr = np.asarray(image, dtype=np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def from_model_input(pre: Any, model_input: Any) -> Any:
+    """The pyfunc's input frame -> what the preprocessor takes; one-line error otherwise."""
+    if pre.kind == "tables":
+        if not isinstance(model_input, pd.DataFrame):
+            raise ValueError(f"expected a DataFrame with the columns {pre.columns}")
+        return model_input
+    column = input_columns(pre)[0]
     if isinstance(model_input, pd.DataFrame):
-        columns = pixel_columns(n_pixels)
-        missing = [c for c in columns if c not in model_input.columns]
-        if missing:
-            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        if column not in model_input.columns:
             raise ValueError(
-                f"{_expected(n_pixels)}; the DataFrame lacks {len(missing)} of them ({shown})"
+                f"expected a DataFrame with a {column!r} column; got columns "
+                f"{list(model_input.columns)[:5]}"
             )
-        model_input = model_input[columns]
-    try:
-        x = np.asarray(model_input, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{_expected(n_pixels)} holding numbers: {exc}") from None
-    if x.ndim != 2 or x.shape[1] != n_pixels:
-        raise ValueError(f"{_expected(n_pixels)} (rows of {n_pixels} values), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{_expected(n_pixels)}; the input holds NaN or infinite values")
-    return x
+        values = list(model_input[column])
+    else:
+        values = list(model_input)
+    if not values:
+        raise ValueError("no rows to predict")
+    if pre.kind == "images":
+        return values
+    return [np.asarray(v, dtype=np.float64) for v in values]
 
 
-class DigitsClassifier(mlflow.pyfunc.PythonModel):
-    """Raw 8x8 digit rows in, predicted class and class probabilities out."""
+class DlopsModel(mlflow.pyfunc.PythonModel):
+    """Raw inputs of the model's modality in; predicted labels (and probabilities) or values out.
+
+    - tables: a DataFrame of raw rows (categoricals as strings, missing values allowed);
+    - images: a DataFrame with an `image` column (PNG/JPEG bytes, their base64 text, or pixel
+      arrays of any size);
+    - sequences: a DataFrame with a `sequence` column of (T,) or (T, C) arrays or lists.
+    """
 
     def load_context(self, context: Any) -> None:
-        """Build the network from its spec, load the weights and the fitted normalizer."""
-        from models.networks import load_network
-        from models.preprocessing import Normalizer
+        """Build the network from its spec, load the weights and the fitted preprocessor."""
+        from models.inference import Predictor
 
-        self.normalizer = Normalizer.load(context.artifacts[NORMALIZER])
-        self.net = load_network(context.artifacts[SPEC], context.artifacts[WEIGHTS])
+        a = context.artifacts
+        self.predictor = Predictor.from_files(a[SPEC], a[WEIGHTS], a[PREPROCESSOR])
 
     # The hint is pd.DataFrame because MLflow reads predict's hints: a union makes it warn.
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        """Predict from raw rows: a DataFrame with pixel_0..pixel_63, or an (N, 64) array/list.
+        """Predict from raw inputs.
 
         Returns:
-            A DataFrame with `prediction` (int64) and `proba_0`..`proba_9` (float64).
+            Classification: `prediction` (the class label) and `proba_<label>` per class.
+            Regression: `prediction` in target units.
         """
-        import torch
+        from models.preprocessing import InputError
 
-        x = to_raw_rows(model_input, self.normalizer.height * self.normalizer.width)
-        images = torch.from_numpy(self.normalizer.transform(x))
-        with torch.inference_mode():
-            proba = torch.softmax(self.net(images).double(), dim=1).numpy()
-        out = pd.DataFrame(proba, columns=proba_columns(proba.shape[1]))
-        out.insert(0, PREDICTION, proba.argmax(axis=1).astype(np.int64))
-        return out
+        p = self.predictor
+        try:
+            out = p.outputs(from_model_input(p.preprocessor, model_input))
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        if p.task != "classification":
+            return pd.DataFrame({PREDICTION: np.asarray(out, dtype=np.float64)})
+        frame = pd.DataFrame(out, columns=[proba_column(c) for c in p.classes])
+        labels = p.preprocessor.target.decode(out.argmax(axis=1))
+        frame.insert(0, PREDICTION, pd.Series(list(labels), dtype=_label_dtype(p.classes)))
+        return frame
 
 
-def signature(n_pixels: int = N_PIXELS, n_classes: int = N_CLASSES) -> ModelSignature:
-    """Input: the raw pixel columns by name; output: prediction (long) and proba_k (double).
+def _label_dtype(classes: list[Any]) -> str:
+    if all(isinstance(c, int) for c in classes):
+        return "int64"
+    if all(isinstance(c, int | float) for c in classes):
+        return "float64"
+    return "object"
 
-    The pixel columns are typed `any`: MLflow refuses int64 for a double column ("can not safely
-    convert") and float64 for a long one, while raw rows come as either; `predict` itself rejects
-    anything non-numeric or non-finite with a one-line message.
+
+def signature(pre: Any) -> ModelSignature:
+    """Inputs: the modality's raw columns, typed `any` (predict checks them); outputs by task.
+
+    Raw columns are `any`: MLflow refuses int64 for a double column and float64 for a long one,
+    while raw rows come as either, and image/sequence cells are bytes, text or nested lists.
     """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
     from mlflow.types.schema import AnyType
 
-    inputs = Schema([ColSpec(AnyType(), c) for c in pixel_columns(n_pixels)])
-    outputs = Schema(
-        [ColSpec("long", PREDICTION)] + [ColSpec("double", c) for c in proba_columns(n_classes)]
-    )
+    inputs = Schema([ColSpec(AnyType(), c) for c in input_columns(pre)])
+    t = pre.target
+    if t.task != "classification":
+        outputs = Schema([ColSpec("double", PREDICTION)])
+    else:
+        label_type = {"int64": "long", "float64": "double"}.get(_label_dtype(t.classes), "string")
+        outputs = Schema(
+            [ColSpec(label_type, PREDICTION)]
+            + [ColSpec("double", proba_column(c)) for c in t.classes]
+        )
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -126,6 +170,7 @@ def pip_requirements() -> list[str]:
         f"mlflow=={version('mlflow')}",
         f"numpy=={version('numpy')}",
         f"pandas=={version('pandas')}",
+        f"pillow=={version('pillow')}",
     ]
 
 
@@ -140,7 +185,7 @@ def _copy_package_source(dest: Path) -> Path:
 
 
 def log_model(
-    train_dir: str | Path, run_id: str, input_example: pd.DataFrame
+    train_dir: str | Path, run_id: str, input_example: pd.DataFrame | None = None
 ) -> tuple[ModelInfo, float]:
     """Log the pyfunc of a trained model folder into an existing run, restoring its status.
 
@@ -149,10 +194,10 @@ def log_model(
     """
     from mlflow import MlflowClient
 
+    from models.preprocessing import load
+
     train_dir = Path(train_dir)
-    meta = json.loads((train_dir / "model.json").read_text())
-    spec = meta["spec"]
-    n_pixels = int(spec.get("height", 8)) * int(spec.get("width", 8))
+    pre = load(train_dir / "preprocessor.json")
     client = MlflowClient()
     before = client.get_run(run_id).info
     # MLflow 3's log_model only links to the fluent active run; it is thread-local, so resuming
@@ -169,11 +214,11 @@ def log_model(
                     artifacts={
                         WEIGHTS: str(train_dir / "model.pt"),
                         SPEC: str(train_dir / "model.json"),
-                        NORMALIZER: str(train_dir / "normalizer.json"),
+                        PREPROCESSOR: str(train_dir / "preprocessor.json"),
                     },
                     code_paths=[str(code)],
                     pip_requirements=pip_requirements(),
-                    signature=signature(n_pixels, int(spec.get("n_classes", N_CLASSES))),
+                    signature=signature(pre),
                     input_example=input_example,
                 )
                 seconds = time.perf_counter() - start
@@ -190,4 +235,4 @@ def log_model(
 # MLflow executes this file under a generated module name to get the model (models-from-code);
 # importing it as `models.pyfunc` must leave MLflow's global state alone.
 if __name__ != "models.pyfunc":
-    mlflow.models.set_model(DigitsClassifier())
+    mlflow.models.set_model(DlopsModel())

@@ -1,14 +1,16 @@
 """params.yaml -> typed, frozen configuration.
 
-`load_config` is the only place that reads params.yaml. Unknown keys and bad values are rejected
-with a one-line message that names the key. Overrides use DVC's `-S section.key=value` syntax and
-go through the same validation.
+`load_config` is the only place that reads params.yaml. Unknown keys, bad values and invalid
+combinations (an RNN on images, a regression loss on a classification task, ...) are rejected
+with a one-line message that names the key. Overrides use DVC's `-S section.key=value` syntax
+and go through the same validation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +26,31 @@ from pydantic import (
 
 PARAMS_FILE = "params.yaml"
 
+Modality = Literal["tables", "images", "sequences"]
+Task = Literal["classification", "regression"]
+Arch = Literal["mlp", "cnn", "cnn1d", "rnn"]
+
+# Built-in data sets, shipped inside packages (no network): name -> (modality, task).
+BUILTINS: dict[str, tuple[str, str]] = {
+    "digits": ("images", "classification"),
+    "breast_cancer": ("tables", "classification"),
+    "wine": ("tables", "classification"),
+    "diabetes": ("tables", "regression"),
+    "waveforms": ("sequences", "classification"),
+}
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+SEQUENCE_SUFFIXES = (".npz",)
+# The architectures each modality may use; `auto` picks the first.
+ARCHS: dict[str, tuple[str, ...]] = {
+    "tables": ("mlp",),
+    "images": ("cnn", "mlp"),
+    "sequences": ("cnn1d", "rnn", "mlp"),
+}
+CLASSIFICATION_LOSSES = ("cross_entropy",)
+REGRESSION_LOSSES = ("mse", "mae", "huber")
+HIGHER_IS_BETTER = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc_ovr", "r2")
+LOWER_IS_BETTER = ("rmse", "mae")
+
 
 class ConfigError(ValueError):
     """A params.yaml value or an override is invalid; the message names the key."""
@@ -36,53 +63,138 @@ class _Frozen(BaseModel):
 class Paths(_Frozen):
     """Every file a stage reads or writes, relative to the project root."""
 
-    raw: str
-    processed_dir: str
+    raw_dir: str
+    suites_dir: str
     validation_dir: str
+    processed_dir: str
     best_params: str
+    checkpoint_dir: str
     train_dir: str
     train_metrics: str
     metrics: str
     plots_dir: str
 
 
-class DataConfig(_Frozen):
-    """Which data set ingest writes: the built-in digits, or a CSV with the same columns."""
+def infer_modality(source: str) -> str:
+    """The modality of a source from its name alone (no I/O): suffix, else a folder of images."""
+    name = source.rstrip("/").lower()
+    if name.endswith(TABLE_SUFFIXES):
+        return "tables"
+    if name.endswith(SEQUENCE_SUFFIXES):
+        return "sequences"
+    if re.search(r"\.[a-z0-9]{1,8}$", name.rsplit("/", 1)[-1]):
+        raise ValueError(
+            f"cannot infer the modality of {source!r} from its suffix: expected a CSV or Parquet "
+            "file (tables), an .npz (sequences) or a folder of class sub-folders (images); "
+            "set data.modality"
+        )
+    return "images"
 
-    dataset: Literal["digits"] = "digits"
+
+class DataConfig(_Frozen):
+    """Which data ingest copies: a built-in set, or the user's source (path or fsspec URI)."""
+
+    dataset: Literal["digits", "breast_cancer", "wine", "diabetes", "waveforms"] = "digits"
     source: str | None = None
+    modality: Literal["auto", "tables", "images", "sequences"] = "auto"
+    target: str = "target"
+    task: Literal["auto", "classification", "regression"] = "auto"
+    group: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str | None) -> str | None:
+        if value is not None and not str(value).strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _known_modality(self) -> DataConfig:
+        if self.source is None:
+            modality, _ = BUILTINS[self.dataset]
+            if self.modality not in ("auto", modality):
+                raise ValueError(
+                    f"data.modality {self.modality} does not match the built-in {self.dataset} "
+                    f"({modality})"
+                )
+        elif self.modality == "auto":
+            infer_modality(self.source)
+        if self.group is not None and self.resolved_modality != "tables":
+            raise ValueError("data.group applies to tables only")
+        return self
+
+    @property
+    def name(self) -> str:
+        """A short name for the data: the built-in's, or the source's file or folder stem."""
+        if self.source is None:
+            return self.dataset
+        stem = self.source.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+        return re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "data"
+
+    @property
+    def resolved_modality(self) -> str:
+        """tables, images or sequences."""
+        if self.source is None:
+            return BUILTINS[self.dataset][0]
+        if self.modality != "auto":
+            return self.modality
+        return infer_modality(self.source)
+
+    @property
+    def known_task(self) -> str | None:
+        """The task when known without reading the data (explicit, built-in, or images)."""
+        if self.task != "auto":
+            return self.task
+        if self.source is None:
+            return BUILTINS[self.dataset][1]
+        return "classification" if self.resolved_modality == "images" else None
 
 
 class ValidateConfig(_Frozen):
-    """Bounds of the Great Expectations suite on the raw data."""
+    """Bounds of the GX suites (inferred on a source's first run, then enforced)."""
 
-    min_rows: int = Field(1000, ge=1)
-    min_rows_per_class: int = Field(100, ge=1)
-    pixel_min: float = 0
-    pixel_max: float = 16
-    n_classes: int = Field(10, ge=2)
-
-    @model_validator(mode="after")
-    def _range(self) -> ValidateConfig:
-        if self.pixel_min >= self.pixel_max:
-            raise ValueError("pixel_min must be below pixel_max")
-        return self
+    min_rows: int = Field(50, ge=1)
+    min_rows_per_class: int = Field(5, ge=1)
+    null_slack: float = Field(0.05, ge=0, le=1)
+    range_slack: float = Field(0.1, ge=0)
+    balance_slack: float = Field(0.5, ge=0, le=1)
+    image_min_size: int = Field(8, ge=1)
+    max_leakage: float = Field(0.0, ge=0, le=1)
 
 
 class AugmentConfig(_Frozen):
-    """Training-time augmentation of images."""
+    """Training-time augmentation (images: affine, flips, colour; sequences: noise, shifts)."""
 
     p: float = Field(0.5, ge=0, le=1)
     max_shift: float = Field(1.0, ge=0)
     max_rotation: float = Field(10.0, ge=0, le=180)
+    hflip: bool = False
+    vflip: bool = False
+    brightness: float = Field(0.0, ge=0, le=1)
+    contrast: float = Field(0.0, ge=0, lt=1)
+    jitter: float = Field(0.0, ge=0)
+    scale: float = Field(0.0, ge=0, lt=1)
 
 
 class PreprocessConfig(_Frozen):
-    """Split fractions and augmentation."""
+    """Cleaning, split fractions, per-modality preprocessing and augmentation."""
 
     val_size: float = Field(0.15, gt=0, lt=1)
     test_size: float = Field(0.2, gt=0, lt=1)
+    dedupe: bool = True
+    impute: Literal["median", "mean"] = "median"
+    encode: Literal["onehot", "ordinal"] = "onehot"
+    max_categories: int = Field(50, ge=1)
+    image_size: tuple[int, int] = (8, 8)
+    image_channels: Literal["auto", 1, 3] = "auto"
     augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 1:
+            raise ValueError("image_size must be two positive integers [height, width]")
+        return value
 
     @model_validator(mode="after")
     def _fractions(self) -> PreprocessConfig:
@@ -91,12 +203,52 @@ class PreprocessConfig(_Frozen):
         return self
 
 
-class ModelConfig(_Frozen):
-    """CNN architecture."""
+class MLPOptions(_Frozen):
+    """Multi-layer perceptron (tables; flattens any other input)."""
 
+    layers: int = Field(2, ge=1)
+    width: int = Field(128, ge=1)
+
+
+class CNNOptions(_Frozen):
+    """2D CNN (images): blocks of conv, batch norm, activation, max-pool; a dense head."""
+
+    blocks: int = Field(2, ge=1)
     channels: int = Field(32, ge=1)
-    dropout: float = Field(0.2, ge=0, lt=1)
+    kernel_size: int = Field(3, ge=1)
     hidden: int = Field(128, ge=1)
+
+
+class CNN1DOptions(_Frozen):
+    """1D CNN (sequences)."""
+
+    blocks: int = Field(2, ge=1)
+    channels: int = Field(32, ge=1)
+    kernel_size: int = Field(5, ge=1)
+    hidden: int = Field(64, ge=1)
+
+
+class RNNOptions(_Frozen):
+    """GRU or LSTM (sequences), optionally bidirectional and stacked."""
+
+    cell: Literal["gru", "lstm"] = "gru"
+    hidden: int = Field(64, ge=1)
+    layers: int = Field(1, ge=1)
+    bidirectional: bool = False
+
+
+class ModelConfig(_Frozen):
+    """Architecture: the arch, shared options, and each arch's own options."""
+
+    arch: Literal["auto", "mlp", "cnn", "cnn1d", "rnn"] = "auto"
+    activation: Literal["relu", "leaky_relu", "gelu", "tanh", "sigmoid"] = "relu"
+    dropout: float = Field(0.2, ge=0, lt=1)
+    batch_norm: bool = True
+    init: Literal["default", "kaiming", "xavier", "orthogonal"] = "default"
+    mlp: MLPOptions = MLPOptions()
+    cnn: CNNOptions = CNNOptions()
+    cnn1d: CNN1DOptions = CNN1DOptions()
+    rnn: RNNOptions = RNNOptions()
 
 
 class FloatRange(_Frozen):
@@ -132,35 +284,38 @@ class IntRange(_Frozen):
 class Choices(_Frozen):
     """A categorical search dimension."""
 
-    choices: list[float | int | str] = Field(min_length=1)
+    choices: list[bool | int | float | str] = Field(min_length=1)
 
 
-TUNABLE = {"lr", "dropout", "channels", "batch_size", "hidden", "weight_decay"}
+Dimension = FloatRange | IntRange | Choices
+# Sections a search dimension may reach (dotted params.yaml paths).
+TUNABLE_SECTIONS = ("model", "train", "preprocess.augment")
 
 
 class TuneConfig(_Frozen):
-    """The Optuna study."""
+    """The Optuna study; `space` maps params.yaml paths to dimensions."""
 
     n_trials: int = Field(8, ge=1)
     timeout_s: float | None = Field(60, gt=0)
     max_epochs: int = Field(8, ge=1)
     pruner: Literal["hyperband", "median", "none"] = "hyperband"
     storage: str | None = None
-    space: dict[str, FloatRange | IntRange | Choices] = Field(default_factory=dict)
+    space: dict[str, Dimension] = Field(default_factory=dict)
 
     @field_validator("space")
     @classmethod
-    def _known(cls, space: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(space) - TUNABLE)
-        if unknown:
-            raise ValueError(
-                f"unknown search dimension {unknown[0]!r} (known: {', '.join(sorted(TUNABLE))})"
-            )
+    def _sections(cls, space: dict[str, Any]) -> dict[str, Any]:
+        for key in space:
+            if not key.startswith(tuple(f"{s}." for s in TUNABLE_SECTIONS)):
+                raise ValueError(
+                    f"search dimension {key!r} must be a params.yaml path under "
+                    + ", ".join(TUNABLE_SECTIONS)
+                )
         return space
 
 
 class TrainConfig(_Frozen):
-    """Final training."""
+    """Compilation (loss, optimizer, schedule) and the training loop."""
 
     max_epochs: int = Field(30, ge=1)
     patience: int = Field(6, ge=1)
@@ -175,8 +330,16 @@ class TrainConfig(_Frozen):
     step_size: int | None = Field(None, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
     grad_clip: float | None = Field(None, gt=0)
+    loss: Literal["auto", "cross_entropy", "mse", "mae", "huber"] = "auto"
+    huber_delta: float = Field(1.0, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["none", "balanced"] = "none"
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
+    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
+    devices: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     threads: int = Field(1, ge=1)
+    deterministic: bool = True
 
     @model_validator(mode="after")
     def _combinations(self) -> TrainConfig:
@@ -188,23 +351,43 @@ class TrainConfig(_Frozen):
             )
         if self.warmup_epochs >= self.max_epochs:
             raise ValueError("warmup_epochs must be below max_epochs")
+        if self.precision == "16-mixed" and self.accelerator == "cpu":
+            raise ValueError("precision 16-mixed needs a GPU; use bf16-mixed on CPU")
         return self
 
 
 class RegisterConfig(_Frozen):
-    """MLflow experiment and registered model."""
+    """MLflow experiment and registered model (null name: dlops-<data name>)."""
 
-    model_name: str = Field(min_length=1)
+    model_name: str | None = None
     experiment: str = Field("dlops", min_length=1)
 
 
 class PromoteConfig(_Frozen):
-    """The promotion gate."""
+    """The promotion gate: a test metric, compared with @champion's, and an absolute bound."""
 
-    metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc_ovr"] = (
-        "accuracy"
-    )
-    min_score: float = Field(0.95, ge=0, le=1)
+    metric: Literal[
+        "auto",
+        "accuracy",
+        "f1_macro",
+        "precision_macro",
+        "recall_macro",
+        "roc_auc_ovr",
+        "r2",
+        "rmse",
+        "mae",
+    ] = "auto"
+    threshold: float | Literal["auto"] | None = "auto"
+
+    def bound(self, metric: str) -> float | None:
+        """The absolute bound for a metric: `auto` is 0.9 for classification scores, 0.3 for r2."""
+        if self.threshold != "auto":
+            return self.threshold
+        return {"r2": 0.3}.get(metric, None if metric in LOWER_IS_BETTER else 0.9)
+
+
+CLASSIFICATION_METRICS = HIGHER_IS_BETTER[:-1]
+REGRESSION_METRICS = ("r2", "rmse", "mae")
 
 
 class Config(_Frozen):
@@ -218,10 +401,57 @@ class Config(_Frozen):
     model: ModelConfig = ModelConfig()
     tune: TuneConfig = TuneConfig()
     train: TrainConfig = TrainConfig()
-    register_: RegisterConfig = Field(alias="register")
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     promote: PromoteConfig = PromoteConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Config:
+        modality = self.data.resolved_modality
+        if self.model.arch != "auto" and self.model.arch not in ARCHS[modality]:
+            raise ValueError(
+                f"model.arch: {self.model.arch} does not apply to {modality} "
+                f"(use {' or '.join(ARCHS[modality])})"
+            )
+        task = self.data.known_task
+        if task is not None:
+            check_task(self, task)
+        return self
+
+    @property
+    def arch(self) -> str:
+        """The architecture, `auto` resolved by modality."""
+        return self.model.arch if self.model.arch != "auto" else ARCHS[self.modality][0]
+
+    @property
+    def modality(self) -> str:
+        """tables, images or sequences."""
+        return self.data.resolved_modality
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's name."""
+        return self.register_.model_name or f"dlops-{self.data.name}"
+
+    def loss(self, task: str) -> str:
+        """The loss, `auto` resolved by task."""
+        if self.train.loss != "auto":
+            return self.train.loss
+        return "cross_entropy" if task == "classification" else "mse"
+
+    def promote_metric(self, task: str) -> str:
+        """The promotion metric, `auto` resolved by task."""
+        if self.promote.metric != "auto":
+            return self.promote.metric
+        return "accuracy" if task == "classification" else "r2"
+
+    def with_values(self, values: dict[str, Any]) -> Config:
+        """A validated copy with dotted params.yaml paths set (tuned values, for example)."""
+        raw = self.model_dump(by_alias=True)
+        for key, value in values.items():
+            set_path(raw, key.split("."), value, key)
+        return validate_params(raw, "tuned values")
 
     def params_hash(self) -> str:
         """A stable hash of every parameter (sha256 of the canonical JSON)."""
@@ -229,13 +459,66 @@ class Config(_Frozen):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def section_hash(self, *sections: str) -> str:
-        """A stable hash of some top-level sections only (e.g. the augmentation policy)."""
+        """A stable hash of some sections only (dotted paths, e.g. the augmentation policy)."""
         dump = self.model_dump(by_alias=True)
-        blob = json.dumps({s: dump[s] for s in sections}, sort_keys=True, default=str)
+        picked = {}
+        for s in sections:
+            node: Any = dump
+            for part in s.split("."):
+                node = node[part]
+            picked[s] = node
+        blob = json.dumps(picked, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-_UNION_TAGS = {"FloatRange", "IntRange", "Choices", "float", "int", "str"}
+def check_task(cfg: Config, task: str) -> None:
+    """Reject parameters that do not fit the task (raises ValueError naming the key)."""
+    t, loss = cfg.train, cfg.train.loss
+    if task == "classification":
+        if loss in REGRESSION_LOSSES:
+            raise ValueError(
+                f"train.loss: {loss} is a regression loss, the task is classification"
+            )
+        if cfg.promote.metric in REGRESSION_METRICS:
+            raise ValueError(f"promote.metric: {cfg.promote.metric} is a regression metric")
+    else:
+        if loss in CLASSIFICATION_LOSSES:
+            raise ValueError(
+                f"train.loss: {loss} is a classification loss, the task is regression"
+            )
+        if cfg.promote.metric in CLASSIFICATION_METRICS:
+            raise ValueError(f"promote.metric: {cfg.promote.metric} is a classification metric")
+        if t.label_smoothing:
+            raise ValueError("train.label_smoothing applies to classification only")
+        if t.class_weights != "none":
+            raise ValueError("train.class_weights applies to classification only")
+
+
+def require_task(cfg: Config, task: str, where: str) -> None:
+    """`check_task` once the data has told the task; raises ConfigError naming the key."""
+    try:
+        check_task(cfg, task)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def set_path(raw: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    """Set a dotted path in a raw params mapping; every key but the last must exist."""
+    node = raw
+    i = 0
+    while i < len(path) - 1:
+        rest = ".".join(path[i:])
+        if isinstance(node, dict) and rest in node:  # a key holding dots (tune.space entries)
+            break
+        part = path[i]
+        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"override {text!r}: unknown key {'.'.join(path[: i + 1])!r}")
+        node = node[part]
+        i += 1
+    node[".".join(path[i:])] = value
+
+
+_UNION_TAGS = {"FloatRange", "IntRange", "Choices", "float", "int", "str", "bool"}
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -249,6 +532,8 @@ def _format_error(err: ValidationError, source: str) -> str:
         problem = first["msg"].removeprefix("Value error, ")
     more = len(err.errors()) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    if not key:  # a cross-section check: its message starts with the key
+        return f"{source}: {problem}{tail}"
     return f"{source}: {key}: {problem}{tail}"
 
 
@@ -268,19 +553,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of the raw params with `-S` overrides applied (keys must already exist)."""
+    """Return a copy of the raw params with `-S` overrides applied (sections must exist)."""
     data = json.loads(json.dumps(raw))
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for i, part in enumerate(path[:-1]):
-            if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"override {text!r}: unknown key {'.'.join(path[: i + 1])!r}")
-            node = node[part]
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {text!r}: {'.'.join(path[:-1])!r} is not a section")
-        node[path[-1]] = value
+        set_path(data, path, value, text)
     return data
+
+
+def _check_space(cfg: Config, source: str) -> None:
+    """Every search dimension names a real key, and each of its values validates there."""
+    for key, dim in cfg.tune.space.items():
+        values = dim.choices if isinstance(dim, Choices) else [dim.low, dim.high]
+        for value in values:
+            try:
+                cfg.with_values({key: value})
+            except ConfigError as exc:
+                detail = str(exc).removeprefix("tuned values: ")
+                raise ConfigError(f"{source}: tune.space.{key}: {value!r}: {detail}") from None
 
 
 def validate_params(raw: dict[str, Any], source: str = PARAMS_FILE) -> Config:
@@ -288,9 +578,12 @@ def validate_params(raw: dict[str, Any], source: str = PARAMS_FILE) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source)) from None
+    if source != "tuned values":
+        _check_space(cfg, source)
+    return cfg
 
 
 def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
@@ -327,10 +620,7 @@ def write_overrides(path: str | Path, overrides: list[str]) -> Config:
     doc = rt.load(p.read_text())
     for text in overrides:
         keys, value = parse_override(text)
-        node = doc
-        for part in keys[:-1]:
-            node = node[part]
-        node[keys[-1]] = value
+        set_path(doc, keys, value, text)
     tmp = p.with_suffix(p.suffix + ".tmp")
     with tmp.open("w") as fh:
         rt.dump(doc, fh)

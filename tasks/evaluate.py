@@ -1,18 +1,24 @@
-"""Evaluate: test-split metrics, a confusion matrix and ROC curves (DVC metrics/plots + MLflow)."""
+"""Evaluate: test-split metrics and plots by task (DVC metrics/plots + MLflow).
+
+Classification: accuracy, macro precision/recall/F1, one-vs-rest ROC AUC; confusion matrix, ROC
+and precision-recall curves. Regression: RMSE, MAE, R²; predicted-vs-true and residuals.
+"""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tasks import tracking
 from tasks.config import Config, load_config
-from tasks.utils import read_json, write_json
+from tasks.utils import atomic_dir, read_json, write_json
 
-METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc_ovr")
+CLASSIFICATION = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc_ovr")
+REGRESSION = ("rmse", "mae", "r2")
 
 
 @dataclass(frozen=True)
@@ -54,73 +60,142 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
     }
 
 
-def predict_proba(train_dir: str | Path, x_raw: np.ndarray) -> np.ndarray:
-    """Class probabilities of the trained model in `train_dir` for raw pixel rows."""
-    import torch
+def regression_metrics(y_true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE and R² in target units."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-    from models.networks import load_trained
+    y_true = np.asarray(y_true, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    return {
+        "rmse": float(np.sqrt(mean_squared_error(y_true, pred))),
+        "mae": float(mean_absolute_error(y_true, pred)),
+        "r2": float(r2_score(y_true, pred)) if len(y_true) > 1 else float("nan"),
+    }
 
-    net, normalizer = load_trained(train_dir)
-    with torch.inference_mode():
-        logits = net(torch.from_numpy(normalizer.transform(x_raw)))
-        return torch.softmax(logits, dim=1).numpy()
+
+def task_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+    """The task's metrics from model outputs (probabilities, or predictions)."""
+    if task == "classification":
+        return classification_metrics(y_true, outputs)
+    return regression_metrics(y_true, outputs)
 
 
-def _plots(y: np.ndarray, proba: np.ndarray, out: Path) -> list[Path]:
+def _figure() -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
-    from sklearn.metrics import ConfusionMatrixDisplay, roc_curve
 
-    out.mkdir(parents=True, exist_ok=True)
+    return plt.subplots(figsize=(6, 5))
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def classification_plots(
+    y: np.ndarray, proba: np.ndarray, classes: list[Any], out: Path
+) -> list[Path]:
+    """Confusion matrix, ROC and precision-recall curves (one-vs-rest), as CSV and PNG."""
+    import pandas as pd
+    from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve
+
+    names = [str(c) for c in classes]
     pred = proba.argmax(axis=1)
     n = proba.shape[1]
-    pd.DataFrame({"actual": y, "predicted": pred}).to_csv(out / "confusion.csv", index=False)
+    paths = []
+    pd.DataFrame({"actual": [names[i] for i in y], "predicted": [names[i] for i in pred]}).to_csv(
+        out / "confusion.csv", index=False
+    )
     onehot = np.eye(n)[y]
     fpr, tpr, _ = roc_curve(onehot.ravel(), proba.ravel())
     pd.DataFrame({"fpr": fpr, "tpr": tpr}).to_csv(out / "roc.csv", index=False)
+    prec, rec, _ = precision_recall_curve(onehot.ravel(), proba.ravel())
+    pd.DataFrame({"recall": rec, "precision": prec}).to_csv(out / "pr.csv", index=False)
+    paths += [out / "confusion.csv", out / "roc.csv", out / "pr.csv"]
 
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ConfusionMatrixDisplay.from_predictions(y, pred, labels=list(range(n)), ax=ax, colorbar=False)
+    fig, ax = _figure()
+    ConfusionMatrixDisplay.from_predictions(
+        y, pred, labels=list(range(n)), display_labels=names, ax=ax, colorbar=False
+    )
     ax.set_title("Confusion matrix (test split)")
-    fig.tight_layout()
-    fig.savefig(out / "confusion_matrix.png", dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, out / "confusion_matrix.png"))
+    for kind in ("roc", "pr"):
+        fig, ax = _figure()
+        for k in range(n):
+            if (y == k).any() and not (y == k).all():
+                if kind == "roc":
+                    a, b, _ = roc_curve(y == k, proba[:, k])
+                else:
+                    b, a, _ = precision_recall_curve(y == k, proba[:, k])
+                ax.plot(a, b, lw=1, alpha=0.7, label=f"class {names[k]}")
+        if kind == "roc":
+            ax.plot(fpr, tpr, "k--", lw=2, label="micro-average")
+            ax.set(xlabel="false positive rate", ylabel="true positive rate")
+            ax.set_title("ROC (one-vs-rest)")
+        else:
+            ax.plot(rec, prec, "k--", lw=2, label="micro-average")
+            ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (one-vs-rest)")
+        ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left")
+        paths.append(_save(fig, out / f"{kind}.png"))
+    return paths
 
-    fig, ax = plt.subplots(figsize=(6, 5))
-    for k in range(n):
-        if (y == k).any():
-            f, t, _ = roc_curve(y == k, proba[:, k])
-            ax.plot(f, t, lw=1, alpha=0.7, label=f"class {k}")
-    ax.plot(fpr, tpr, "k--", lw=2, label="micro-average")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one-vs-rest)")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "roc.png", dpi=100)
-    plt.close(fig)
-    return [out / p for p in ("confusion.csv", "roc.csv", "confusion_matrix.png", "roc.png")]
+
+def regression_plots(y: np.ndarray, pred: np.ndarray, out: Path) -> list[Path]:
+    """Predicted against true values, and residuals against predictions, as CSV and PNG."""
+    import pandas as pd
+
+    y = np.asarray(y, dtype=np.float64)
+    residual = y - pred
+    pd.DataFrame({"actual": y, "predicted": pred}).to_csv(out / "pred_vs_true.csv", index=False)
+    pd.DataFrame({"predicted": pred, "residual": residual}).to_csv(
+        out / "residuals.csv", index=False
+    )
+    fig, ax = _figure()
+    ax.scatter(y, pred, s=10, alpha=0.6)
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set(xlabel="true", ylabel="predicted", title="Predicted vs true (test split)")
+    a = _save(fig, out / "pred_vs_true.png")
+    fig, ax = _figure()
+    ax.scatter(pred, residual, s=10, alpha=0.6)
+    ax.axhline(0, color="k", ls="--", lw=1)
+    ax.set(xlabel="predicted", ylabel="true - predicted", title="Residuals (test split)")
+    b = _save(fig, out / "residuals.png")
+    return [out / "pred_vs_true.csv", out / "residuals.csv", a, b]
 
 
 def run(cfg: Config) -> EvaluateResult:
     """Score the trained model on the test split; log metrics and plots to its training run."""
+    from models.inference import Predictor
     from models.preprocessing import load_split
 
     x, y = load_split(cfg.paths.processed_dir, "test")
-    proba = predict_proba(cfg.paths.train_dir, x)
-    metrics = classification_metrics(y, proba)
+    predictor = Predictor.from_dir(cfg.paths.train_dir)
+    outputs = predictor.outputs(x)
+    metrics: dict[str, Any] = task_metrics(predictor.task, y, outputs)
+    names = list(metrics)
     metrics["n_test"] = len(y)
-    plots = _plots(y, proba, Path(cfg.paths.plots_dir))
+    out = Path(cfg.paths.plots_dir)
+    with atomic_dir(out) as tmp:
+        if predictor.task == "classification":
+            plots = classification_plots(y, outputs, predictor.classes, tmp)
+        else:
+            plots = regression_plots(y, outputs, tmp)
+    plots = [out / p.name for p in plots]
     path = write_json(cfg.paths.metrics, metrics)
     run_id = read_json(Path(cfg.paths.train_dir) / "model.json").get("mlflow_run_id")
     if run_id:
         c = tracking.client()
-        for name in METRICS:
+        for name in names:
             c.log_metric(run_id, f"test/{name}", metrics[name])
         c.log_artifact(run_id, str(path))
-        for p in plots:
-            c.log_artifact(run_id, str(p), "plots")
+        c.log_artifacts(run_id, str(out), "plots")
     return EvaluateResult(metrics=metrics, metrics_path=path, plots=plots, run_id=run_id)
 
 
@@ -128,7 +203,8 @@ def main() -> None:
     """Entry point for `python -m tasks.evaluate` (dvc.yaml)."""
     argparse.ArgumentParser(description=__doc__).parse_args()
     r = run(load_config())
-    print("evaluate: " + ", ".join(f"{k} {r.metrics[k]:.4f}" for k in METRICS))
+    shown = [k for k in r.metrics if k != "n_test"]
+    print("evaluate: " + ", ".join(f"{k} {r.metrics[k]:.4f}" for k in shown))
 
 
 if __name__ == "__main__":

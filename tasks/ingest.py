@@ -1,64 +1,289 @@
-"""Ingest: write scikit-learn's built-in digits set (shipped in the package) to the raw CSV."""
+"""Ingest: copy the data (a built-in set, or the user's file or folder) into the raw folder.
+
+The source is a local path or any URI fsspec reads (file://, http(s)://, s3://). The raw folder
+(a DVC out) gets the source's bytes in the modality's layout (see tasks.sources) and a
+manifest.json with the source, its content hash, the modality, the task and the classes, so a
+changed source changes the raw folder's hash and `dvc repro` re-runs what depends on it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
+import numpy as np
 
-from tasks.config import Config, load_config
+from tasks.config import BUILTINS, Config, load_config, require_task
+from tasks.sources import (
+    IMAGE_SUFFIXES,
+    IMAGES_DIR,
+    DataError,
+    Manifest,
+    list_images,
+    read_sequences,
+    read_table,
+)
+from tasks.utils import atomic_dir
 
-PIXELS = [f"pixel_{i}" for i in range(64)]
-LABEL = "label"
-COLUMNS = [*PIXELS, LABEL]
+TARGET = "target"  # the built-in tables' target column
+MAX_CLASSES = 50  # a target with more distinct integer values than this is a regression
 
 
 @dataclass(frozen=True)
 class IngestResult:
     """Where the raw data went and what it holds."""
 
-    path: Path
-    rows: int
-    sha256: str
+    raw_dir: Path
+    manifest: Manifest
 
 
-def load_digits_frame() -> pd.DataFrame:
-    """The 1,797 8x8 digits as a frame: pixel_0..pixel_63 (0..16) and label (0..9)."""
+# -- built-ins (shipped inside packages, or generated: no network) ------------------------------
+
+
+def write_digits(dest: Path) -> None:
+    """scikit-learn's 1,797 8x8 digits as grayscale PNGs in dest/<digit>/<index>.png."""
+    from PIL import Image
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    frame = pd.DataFrame(bunch.data.astype("int64"), columns=PIXELS)
-    frame[LABEL] = bunch.target.astype("int64")
+    pixels = np.rint(bunch.images * (255 / 16)).astype(np.uint8)
+    for i, (img, label) in enumerate(zip(pixels, bunch.target, strict=True)):
+        folder = dest / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img, mode="L").save(folder / f"{i:04d}.png", optimize=False)
+
+
+def builtin_table(name: str) -> Any:
+    """A scikit-learn table (breast_cancer, wine, diabetes) with its target as `target`."""
+    from sklearn import datasets
+
+    loader = {
+        "breast_cancer": datasets.load_breast_cancer,
+        "wine": datasets.load_wine,
+        "diabetes": datasets.load_diabetes,
+    }[name]
+    frame = loader(as_frame=True, scaled=False).frame if name == "diabetes" else None
+    if frame is None:
+        frame = loader(as_frame=True).frame
     return frame
 
 
-def run(cfg: Config) -> IngestResult:
-    """Write the raw data set to `paths.raw` atomically (validation judges its content)."""
-    path = Path(cfg.paths.raw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if cfg.data.source:
-        source = Path(cfg.data.source)
-        if not source.is_file():
-            raise FileNotFoundError(f"ingest: data.source {source} does not exist")
-        shutil.copyfile(source, tmp)
+def waveforms(n: int = 1200, length: int = 64, seed: int = 1234) -> dict[str, np.ndarray]:
+    """Noisy sine, square, sawtooth and triangle waves (4 classes), random frequency and phase."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, length, endpoint=False)
+    y = np.arange(n) % 4
+    freq = rng.uniform(1.5, 4.0, n)[:, None]
+    phase = rng.uniform(0, 1, n)[:, None]
+    amp = rng.uniform(0.5, 2.0, n)[:, None]
+    cycle = (freq * t[None, :] + phase) % 1.0
+    shapes = np.stack(
+        [
+            np.sin(2 * np.pi * cycle),
+            np.where(cycle < 0.5, 1.0, -1.0),
+            2 * cycle - 1,
+            1 - 4 * np.abs(cycle - 0.5),
+        ]
+    )
+    x = amp * shapes[y, np.arange(n)] + rng.normal(0, 0.3, (n, length))
+    order = rng.permutation(n)
+    return {"x": x[order].astype(np.float32), "y": y[order].astype(np.int64)}
+
+
+# -- user sources --------------------------------------------------------------------------------
+
+
+def _open_fs(source: str) -> tuple[Any, str]:
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(source)
+    except (ImportError, ValueError) as exc:
+        raise DataError(f"{source}: cannot open ({exc})") from None
+    return fs, path
+
+
+def fetch(source: str, dest_dir: Path, modality: str) -> tuple[str, str]:
+    """Copy a source into dest_dir in the modality's layout; return (relative file, sha256).
+
+    The hash covers the content only: a file's bytes, or for a folder every (class/file, bytes)
+    pair in sorted order.
+    """
+    fs, path = _open_fs(source)
+    try:
+        exists = fs.exists(path)
+        is_dir = exists and fs.isdir(path)
+    except Exception as exc:  # remote filesystems raise their own errors
+        raise DataError(f"{source}: cannot read ({exc})") from None
+    if not exists:
+        raise DataError(f"{source}: file not found")
+    if modality == "images":
+        if not is_dir:
+            raise DataError(f"{source}: images need a folder root/<class>/<image>, got a file")
+        digest = hashlib.sha256()
+        root = path.rstrip("/")
+        files = sorted(f for f in fs.find(root) if f.lower().endswith(IMAGE_SUFFIXES))
+        for f in files:
+            rel = f[len(root) :].lstrip("/")
+            if "/" not in rel:  # an image at the top level belongs to no class
+                continue
+            data = fs.cat_file(f)
+            target = dest_dir / IMAGES_DIR / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+        # empty class folders matter (list_images names them): mirror them too
+        for d in fs.find(root, withdirs=True):
+            rel = d[len(root) :].lstrip("/")
+            if rel and "/" not in rel and fs.isdir(d):
+                (dest_dir / IMAGES_DIR / rel).mkdir(parents=True, exist_ok=True)
+        return IMAGES_DIR, digest.hexdigest()
+    if is_dir:
+        raise DataError(f"{source}: expected a file for {modality}, got a folder")
+    data = fs.cat_file(path)
+    suffix = Path(path).suffix.lower()
+    if modality == "sequences":
+        name = "data.npz"
     else:
-        load_digits_frame().to_csv(tmp, index=False)
-    tmp.replace(path)
-    data = path.read_bytes()
-    rows = max(len(data.splitlines()) - 1, 0)  # lines below the header
-    return IngestResult(path=path, rows=rows, sha256=hashlib.sha256(data).hexdigest())
+        name = "data.parquet" if suffix in (".parquet", ".pq") else f"data{suffix or '.csv'}"
+    (dest_dir / name).write_bytes(data)
+    return name, hashlib.sha256(data).hexdigest()
+
+
+def infer_task(values: Any, where: str) -> str:
+    """Classification for strings, booleans and few distinct integers; else regression."""
+    import pandas as pd
+
+    s = pd.Series(values).dropna()
+    if s.empty:
+        raise DataError(f"{where}: the target holds no values")
+    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        return "classification"
+    integral = bool(np.all(np.asarray(s, dtype=np.float64) % 1 == 0))
+    return "classification" if integral and s.nunique() <= MAX_CLASSES else "regression"
+
+
+def _classes(values: Any) -> list[Any]:
+    import pandas as pd
+
+    s = pd.Series(values).dropna()
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        uniq = np.unique(np.asarray(s, dtype=np.float64))
+        if np.all(uniq % 1 == 0):
+            return [int(v) for v in uniq]
+        return [float(v) for v in uniq]
+    return sorted({str(v) for v in s})
+
+
+def describe(cfg: Config, raw_dir: Path, file: str, source: str, sha256: str) -> Manifest:
+    """Read the copied data once to decide the task and the classes; bad layout -> DataError."""
+    modality = cfg.modality
+    path = raw_dir / file
+    target = group = None
+    fixed_test = False
+    if modality == "tables":
+        frame = read_table(path)
+        target = TARGET if cfg.data.source is None else cfg.data.target
+        where = cfg.data.source or cfg.data.dataset
+        if target not in frame.columns:
+            shown = ", ".join(map(str, frame.columns[:8])) + (
+                ", ..." if frame.shape[1] > 8 else ""
+            )
+            raise DataError(f"{where}: no target column {target!r} (columns: {shown})")
+        if frame.shape[1] < 2:
+            raise DataError(f"{where}: no feature columns besides the target {target!r}")
+        group = cfg.data.group
+        if group is not None and group not in frame.columns:
+            raise DataError(f"{where}: no group column {group!r}")
+        labels, rows = frame[target], len(frame)
+    elif modality == "images":
+        files = list_images(path)
+        labels, rows = [c for _, c in files], len(files)
+    else:
+        arrays = read_sequences(path)
+        labels, rows = arrays["y"], len(arrays["y"])
+        fixed_test = "x_test" in arrays
+    where = f"{cfg.data.source or cfg.data.dataset}"
+    if modality == "images":
+        task = "classification"
+    elif cfg.data.task != "auto":
+        task = cfg.data.task
+    elif cfg.data.source is None:
+        task = BUILTINS[cfg.data.dataset][1]
+    else:
+        task = infer_task(labels, where)
+    require_task(cfg, task, where)
+    if task == "regression":
+        import pandas as pd
+
+        if not pd.api.types.is_numeric_dtype(pd.Series(labels)):
+            raise DataError(f"{where}: task regression needs a numeric target")
+    classes = _classes(labels) if task == "classification" else []
+    return Manifest(
+        name=cfg.data.name,
+        modality=modality,
+        task=task,
+        source=source,
+        sha256=sha256,
+        file=file,
+        rows=rows,
+        target=target,
+        group=group,
+        classes=classes,
+        fixed_test=fixed_test,
+    )
+
+
+def run(cfg: Config) -> IngestResult:
+    """Copy the data into `paths.raw_dir` with its manifest, atomically."""
+    raw_dir = Path(cfg.paths.raw_dir)
+    with atomic_dir(raw_dir) as tmp:
+        if cfg.data.source:
+            source = cfg.data.source
+            file, sha = fetch(source, tmp, cfg.modality)
+        else:
+            source = f"builtin:{cfg.data.dataset}"
+            modality = cfg.modality
+            if modality == "images":
+                write_digits(tmp / IMAGES_DIR)
+                file = IMAGES_DIR
+            elif modality == "tables":
+                file = "data.csv"
+                builtin_table(cfg.data.dataset).to_csv(tmp / file, index=False)
+            else:
+                file = "data.npz"
+                np.savez(tmp / file, **waveforms())
+            sha = content_hash(tmp / file)
+        manifest = describe(cfg, tmp, file, source, sha)
+        manifest.save(tmp)
+    return IngestResult(raw_dir=raw_dir, manifest=manifest)
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, or of a folder's (relative path, file hash) pairs in sorted order."""
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = f.relative_to(path).as_posix()
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def main() -> None:
-    """Entry point for `python -m tasks.ingest` (dvc.yaml)."""
+    """Entry point for `python -m tasks.ingest` (dvc.yaml): exit non-zero on bad data."""
+    import sys
+
     argparse.ArgumentParser(description=__doc__).parse_args()
-    result = run(load_config())
-    print(f"ingest: {result.rows} rows -> {result.path}")
+    try:
+        r = run(load_config())
+    except DataError as exc:
+        sys.exit(f"ingest: {exc}")
+    m = r.manifest
+    print(f"ingest: {m.rows} {m.modality} rows ({m.task}) from {m.source} -> {r.raw_dir}")
 
 
 if __name__ == "__main__":

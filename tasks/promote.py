@@ -1,6 +1,6 @@
 """Promote: score a registered version against @champion on the test split; move the alias.
 
-The new version becomes @champion only if its score reaches `promote.min_score` and is no worse
+The new version becomes @champion only if its score is within `promote.threshold` and no worse
 than the champion's on the same raw test rows; otherwise it is @challenger. The decision is
 recorded as `promotion.*` tags on the version, and a version that has one is not judged again.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks import tracking
-from tasks.config import Config, load_config
+from tasks.config import LOWER_IS_BETTER, Config, load_config, require_task
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,15 +48,19 @@ class PromoteResult:
 
 
 def score(metric: str, y: np.ndarray, predictions: pd.DataFrame) -> float:
-    """One test metric from a pyfunc's output (`prediction`, `proba_0`..`proba_k`)."""
-    from tasks.evaluate import METRICS, classification_metrics
+    """One test metric from a pyfunc's output.
 
-    if metric not in METRICS:
-        raise ValueError(f"unknown promotion metric {metric!r}")
-    proba_cols = sorted(
-        (c for c in predictions.columns if c.startswith("proba_")), key=lambda c: int(c[6:])
-    )
-    return classification_metrics(y, predictions[proba_cols].to_numpy())[metric]
+    Classification: `y` holds class indices and the output has `proba_<label>` per class, in
+    class order; regression: `y` holds values and the output a `prediction` column.
+    """
+    from tasks.evaluate import CLASSIFICATION, REGRESSION, task_metrics
+
+    if metric in CLASSIFICATION:
+        proba = predictions[[c for c in predictions.columns if c.startswith("proba_")]]
+        return task_metrics("classification", y, proba.to_numpy())[metric]
+    if metric in REGRESSION:
+        return task_metrics("regression", y, predictions["prediction"].to_numpy())[metric]
+    raise ValueError(f"unknown promotion metric {metric!r}")
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
@@ -66,29 +70,27 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     return None if version is None else str(version)
 
 
-def _test_split(cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
-    """The raw test rows as the pyfunc's input frame, and the labels."""
-    import numpy as np
-    import pandas as pd
-
+def _test_split(cfg: Config) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """The raw test inputs as the pyfunc's input frame, the labels, and the task."""
     from models.preprocessing import load_split
-    from models.pyfunc import pixel_columns
+    from models.pyfunc import to_model_input
+    from tasks.utils import read_json
 
-    path = Path(cfg.paths.processed_dir) / "test.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no test split; run tasks.preprocess first")
+    split = Path(cfg.paths.processed_dir) / "split.json"
+    if not split.is_file():
+        raise FileNotFoundError(f"{split}: no processed splits; run tasks.preprocess first")
+    info = read_json(split)
     x, y = load_split(cfg.paths.processed_dir, "test")
-    x = np.asarray(x, dtype=np.float64)
-    return pd.DataFrame(x, columns=pixel_columns(x.shape[1])), y
+    return to_model_input(info["modality"], x), y, info["task"]
 
 
-def _model_score(cfg: Config, uri: str, frame: pd.DataFrame, y: np.ndarray) -> float:
+def _model_score(metric: str, uri: str, frame: pd.DataFrame, y: np.ndarray) -> float:
     import mlflow
 
     # suppress_warnings skips MLflow's scan of every installed distribution for requirement
     # mismatches (~2 s per process), which would only warn.
     model = mlflow.pyfunc.load_model(uri, suppress_warnings=True)
-    return score(cfg.promote.metric, y, model.predict(frame))
+    return score(metric, y, model.predict(frame))
 
 
 def _optional_float(text: str | None) -> float | None:
@@ -117,22 +119,31 @@ def _recorded(client: MlflowClient, name: str, mv: ModelVersion) -> PromoteResul
 def decide(
     metric: str,
     new_score: float,
-    floor: float,
+    bound: float | None,
     champion_version: str | None,
     champion_score: float | None,
 ) -> tuple[bool, str]:
-    """The gate: at least the floor, and no worse than the champion (if any)."""
-    if new_score < floor:
-        return False, f"not promoted: {metric} {new_score:.4f} below the floor {floor:g}"
+    """The gate: within the bound (a floor; rmse, mae: a ceiling), no worse than @champion."""
+    lower = metric in LOWER_IS_BETTER
+    better_or_equal = ">=" if not lower else "<="
+    if bound is not None and (new_score > bound if lower else new_score < bound):
+        side = "above the ceiling" if lower else "below the floor"
+        return False, f"not promoted: {metric} {new_score:.4f} {side} {bound:g}"
+    within = (
+        ""
+        if bound is None
+        else f" {better_or_equal} {'ceiling' if lower else 'floor'} {bound:g} and"
+    )
     if champion_version is None or champion_score is None:
-        return True, f"promoted: {metric} {new_score:.4f} >= floor {floor:g} and no champion yet"
-    if new_score < champion_score:
+        return True, f"promoted: {metric} {new_score:.4f}{within} no champion yet"
+    if (new_score > champion_score) if lower else (new_score < champion_score):
+        worse = ">" if lower else "<"
         return False, (
-            f"not promoted: {metric} {new_score:.4f} < champion v{champion_version} "
+            f"not promoted: {metric} {new_score:.4f} {worse} champion v{champion_version} "
             f"{champion_score:.4f}"
         )
     return True, (
-        f"promoted: {metric} {new_score:.4f} >= floor {floor:g} and >= champion "
+        f"promoted: {metric} {new_score:.4f}{within} {better_or_equal} champion "
         f"v{champion_version} {champion_score:.4f}"
     )
 
@@ -158,13 +169,15 @@ def run(cfg: Config, name: str, version: str) -> PromoteResult:
     import torch
 
     torch.set_num_threads(cfg.train.threads)  # as in training: tiny convolutions, one thread
-    metric = cfg.promote.metric
-    frame, y = _test_split(cfg)
-    new_score = _model_score(cfg, f"models:/{name}/{version}", frame, y)
+    frame, y, task = _test_split(cfg)
+    require_task(cfg, task, "promote")
+    metric = cfg.promote_metric(task)
+    new_score = _model_score(metric, f"models:/{name}/{version}", frame, y)
     champion_score = None
     if champion is not None:
-        champion_score = _model_score(cfg, f"models:/{name}/{champion}", frame, y)
-    promoted, reason = decide(metric, new_score, cfg.promote.min_score, champion, champion_score)
+        champion_score = _model_score(metric, f"models:/{name}/{champion}", frame, y)
+    bound = cfg.promote.bound(metric)
+    promoted, reason = decide(metric, new_score, bound, champion, champion_score)
 
     # Aliases first, the decision tag last: a run cut short in between is judged again.
     if promoted:
@@ -200,7 +213,7 @@ def main() -> None:
     parser.add_argument("--version", required=True, help="the version to judge")
     args = parser.parse_args()
     cfg = load_config()
-    r = run(cfg, args.name or cfg.register_.model_name, args.version)
+    r = run(cfg, args.name or cfg.model_name, args.version)
     print(f"promote: {r.reason}; @{CHAMPION} is v{r.champion_version}")
 
 

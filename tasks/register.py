@@ -60,20 +60,22 @@ def find_version(client: MlflowClient, name: str, sha256: str) -> ModelVersion |
     return max(matches, key=lambda mv: int(mv.version), default=None)
 
 
-def _input_example(cfg: Config) -> pd.DataFrame:
-    """Two raw test rows (zeros if the split is absent) as the logged input example."""
-    import numpy as np
+def input_example(cfg: Config) -> pd.DataFrame | None:
+    """Two raw test inputs as the logged input example (images as base64 PNG text)."""
     import pandas as pd
 
-    from models.pyfunc import N_PIXELS, pixel_columns
+    from models.preprocessing import load_split
+    from models.pyfunc import IMAGE, encode_png, to_model_input
+    from tasks.sources import Manifest
 
-    path = Path(cfg.paths.processed_dir) / "test.npz"
-    if path.is_file():
-        with np.load(path) as npz:
-            x = np.asarray(npz["x"][:2], dtype=np.float64)
-    else:
-        x = np.zeros((2, N_PIXELS))
-    return pd.DataFrame(x, columns=pixel_columns(x.shape[1]))
+    try:
+        x, _ = load_split(cfg.paths.processed_dir, "test")
+    except FileNotFoundError:
+        return None
+    kind = Manifest.load(cfg.paths.raw_dir).modality
+    if kind == "images":
+        return pd.DataFrame({IMAGE: [encode_png(img) for img in x[:2]]})
+    return to_model_input(kind, x[:2])
 
 
 def run(cfg: Config, lineage: dict[str, str], parent_run_id: str | None = None) -> RegisterResult:
@@ -88,7 +90,7 @@ def run(cfg: Config, lineage: dict[str, str], parent_run_id: str | None = None) 
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no trained model; run tasks.train first")
     sha256 = file_sha256(weights)
-    name = cfg.register_.model_name
+    name = cfg.model_name
     client = tracking.client()
 
     existing = find_version(client, name, sha256)
@@ -109,7 +111,7 @@ def run(cfg: Config, lineage: dict[str, str], parent_run_id: str | None = None) 
                 f"training run {run_id} (from {train_dir / 'model.json'}) is not in the tracking "
                 f"store {tracking.tracking_uri()}: retrain, or point MLFLOW_TRACKING_URI at it"
             ) from exc
-        info, _ = log_model(train_dir, run_id, _input_example(cfg))
+        info, _ = log_model(train_dir, run_id, input_example(cfg))
         tags = {**{k: str(v) for k, v in lineage.items()}, SHA_TAG: sha256}
         if parent_run_id:
             tags.setdefault(PIPELINE_RUN_TAG, parent_run_id)

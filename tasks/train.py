@@ -1,8 +1,18 @@
-"""Train: the CNN with the tuned hyperparameters, early stopping and a best-epoch checkpoint."""
+"""Train: the configured network with the tuned values, early stopping, best and last checkpoints.
+
+Checkpoints go to `paths.checkpoint_dir` while training: `last.ckpt` after every epoch (with the
+RNG states and a fingerprint of what is being trained) and `best.ckpt`. `--resume` (and the
+flow's retry of this task) continues from `last.ckpt` when its fingerprint matches, in the same
+MLflow run. `train.devices` > 1 runs Lightning DDP (gloo on CPU) and logs to one MLflow run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import logging
+import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -15,8 +25,12 @@ from tasks.utils import atomic_dir, read_json, write_json
 
 MODEL_WEIGHTS = "model.pt"
 MODEL_SPEC = "model.json"
-NORMALIZER = "normalizer.json"
-CHECKPOINT = "best.ckpt"
+PREPROCESSOR = "preprocessor.json"
+BEST = "best"
+LAST = "last"
+FINGERPRINT = "fingerprint.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,78 +40,143 @@ class TrainResult:
     train_dir: Path
     run_id: str
     best_val_loss: float
-    best_val_acc: float
+    best_val_metric: float
+    metric_name: str
     epochs: int
     best_epoch: int
+    resumed_from_epoch: int | None
 
 
-def hyperparameters(cfg: Config, tuned: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults from params.yaml (train + model), overridden by the tuned values."""
-    hp: dict[str, Any] = {
-        "lr": cfg.train.lr,
-        "batch_size": cfg.train.batch_size,
-        "weight_decay": cfg.train.weight_decay,
-        "channels": cfg.model.channels,
-        "dropout": cfg.model.dropout,
-        "hidden": cfg.model.hidden,
-    }
-    hp.update(tuned or {})
-    return hp
+def tuned_config(cfg: Config) -> Config:
+    """params.yaml with the tuned values (reports/tune/best_params.json) applied."""
+    path = Path(cfg.paths.best_params)
+    tuned = read_json(path)["params"] if path.is_file() else {}
+    return cfg.with_values(tuned) if tuned else cfg
 
 
-def build_module(cfg: Config, hp: dict[str, Any], max_epochs: int) -> Any:
-    """The LightningModule for a set of hyperparameters."""
-    from models.module import ClassifierModule
-    from models.networks import CNNSpec
+def data_info(processed_dir: str | Path) -> dict[str, Any]:
+    """split.json plus what the network needs from the fitted preprocessor."""
+    from models.preprocessing import load
 
-    spec = CNNSpec(
-        channels=int(hp["channels"]),
-        dropout=float(hp["dropout"]),
-        hidden=int(hp["hidden"]),
-        n_classes=cfg.validate_.n_classes,
+    folder = Path(processed_dir)
+    info = read_json(folder / "split.json")
+    pre = load(folder / PREPROCESSOR)
+    info["n_outputs"] = pre.target.n_outputs
+    info["target_std"] = pre.target.std
+    info["input_shape"] = list(pre.input_shape)
+    return info
+
+
+def build_module(cfg: Config, info: dict[str, Any], max_epochs: int) -> Any:
+    """The task's LightningModule for a config (tuned values applied) and the processed data."""
+    import numpy as np
+
+    from models.module import module_class
+    from models.networks import NetSpec
+
+    m, t, task = cfg.model, cfg.train, info["task"]
+    spec = NetSpec(
+        arch=cfg.arch,
+        input_shape=tuple(info["input_shape"]),
+        n_outputs=int(info["n_outputs"]),
+        activation=m.activation,
+        dropout=m.dropout,
+        batch_norm=m.batch_norm,
+        init=m.init,
+        options=getattr(m, cfg.arch).model_dump(),
     )
-    return ClassifierModule(
+    weights = None
+    if task == "classification" and t.class_weights == "balanced":
+        counts = np.maximum(np.asarray(info["class_counts"]["train"], dtype=np.float64), 1)
+        weights = (counts.sum() / (len(counts) * counts)).tolist()
+    return module_class(task)(
         spec=spec.to_dict(),
-        lr=float(hp["lr"]),
-        weight_decay=float(hp["weight_decay"]),
-        scheduler=cfg.train.scheduler,
+        modality=info["modality"],
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        optimizer=t.optimizer,
+        momentum=t.momentum,
+        nesterov=t.nesterov,
+        scheduler=t.scheduler,
         max_epochs=max_epochs,
-        label_smoothing=cfg.train.label_smoothing,
+        warmup_epochs=min(t.warmup_epochs, max_epochs - 1),
+        step_size=t.step_size,
+        gamma=t.gamma,
         augment=cfg.preprocess.augment.model_dump(),
-        optimizer=cfg.train.optimizer,
-        momentum=cfg.train.momentum,
-        nesterov=cfg.train.nesterov,
-        warmup_epochs=min(cfg.train.warmup_epochs, max_epochs - 1),
-        step_size=cfg.train.step_size,
-        gamma=cfg.train.gamma,
+        loss=cfg.loss(task),
+        label_smoothing=t.label_smoothing,
+        class_weights=weights,
+        huber_delta=t.huber_delta,
+        target_std=float(info.get("target_std", 1.0)),
     )
+
+
+def strategy(cfg: Config) -> str:
+    """Lightning's strategy: several CPU processes spawn (in-process flow), torchrun uses ddp."""
+    t = cfg.train
+    if t.strategy != "auto" or t.devices == 1:
+        return t.strategy
+    launched = "LOCAL_RANK" in os.environ or "SLURM_NTASKS" in os.environ
+    return "ddp" if launched or t.accelerator == "gpu" else "ddp_spawn"
 
 
 def make_trainer(
     cfg: Config, max_epochs: int, callbacks: list, logger: Any = False, **kwargs: Any
 ) -> Any:
-    """A quiet, deterministic CPU trainer (one definition for tuning and training)."""
+    """A quiet, deterministic trainer (one definition for tuning, training and scoring)."""
     import lightning as L
     import torch
 
-    # 8x8 convolutions are too small to split across threads; a second thread only contends.
+    # Small convolutions are too small to split across threads; a second thread only contends.
     torch.set_num_threads(cfg.train.threads)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*is an invalid version and will not be supported.*")
+    options: dict[str, Any] = {
+        "accelerator": cfg.train.accelerator,
+        "devices": cfg.train.devices,
+        "strategy": strategy(cfg),
+        "precision": cfg.train.precision,
+        "deterministic": cfg.train.deterministic,
+        "gradient_clip_val": cfg.train.grad_clip,
+    }
+    options.update(kwargs)
     return L.Trainer(
         max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        deterministic=True,
         logger=logger,
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
-        gradient_clip_val=cfg.train.grad_clip,
-        **kwargs,
+        **options,
     )
+
+
+def fingerprint(cfg: Config) -> str:
+    """What a checkpoint must match to be resumed: every training input and parameter."""
+    h = hashlib.sha256()
+    h.update(cfg.section_hash("seed", "model", "train", "preprocess.augment").encode())
+    for name in ("split.json", PREPROCESSOR):
+        h.update((Path(cfg.paths.processed_dir) / name).read_bytes())
+    best = Path(cfg.paths.best_params)
+    if best.is_file():
+        h.update(json.dumps(read_json(best).get("params"), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def resumable(cfg: Config, print_fn: Any = log.info) -> tuple[Path | None, str | None]:
+    """The last checkpoint and its MLflow run when they belong to this very training."""
+    folder = Path(cfg.paths.checkpoint_dir)
+    last, meta = folder / f"{LAST}.ckpt", folder / FINGERPRINT
+    if not (last.is_file() and meta.is_file()):
+        print_fn(f"train: nothing to resume in {folder}; starting from scratch")
+        return None, None
+    saved = read_json(meta)
+    if saved.get("fingerprint") != fingerprint(cfg):
+        print_fn(f"train: {last} belongs to other parameters or data; starting from scratch")
+        return None, None
+    return last, saved.get("run_id")
 
 
 def _log_inputs(cfg: Config, run_id: str) -> None:
@@ -111,60 +190,96 @@ def _log_inputs(cfg: Config, run_id: str) -> None:
         c.set_tag(run_id, "validation.success", str(bool(success)).lower())
 
 
-def run(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
-    """Train with early stopping on val/loss; write weights, spec and normalizer to train_dir."""
+def _open_run(cfg: Config, parent_run_id: str | None, resume_run: str | None) -> str:
+    if resume_run:
+        try:
+            tracking.client().update_run(resume_run, status="RUNNING")
+            return resume_run
+        except Exception:  # the run is gone (another store): a new one
+            pass
+    return tracking.start_run(
+        cfg.register_.experiment, "train", parent_run_id, tags={"dlops.stage": "train"}
+    )
+
+
+def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> TrainResult:
+    """Train with early stopping on val/loss; write weights, spec and preprocessor to train_dir."""
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from models.datamodule import DigitsDataModule
-    from models.metrics import VAL_ACC, VAL_LOSS
+    from models.datamodule import DataModule
+    from models.metrics import HEADLINE, VAL_LOSS
 
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    cfg = tuned_config(cfg)
+    info = data_info(cfg.paths.processed_dir)
+    metric_name = HEADLINE[info["task"]]["val"]
+    ckpt_dir = Path(cfg.paths.checkpoint_dir)
+    last, resume_run = resumable(cfg, print) if resume else (None, None)
+    if last is None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    best_path = Path(cfg.paths.best_params)
-    tuned = read_json(best_path)["params"] if best_path.is_file() else {}
-    hp = hyperparameters(cfg, tuned)
-    module = build_module(cfg, hp, cfg.train.max_epochs)
-    dm = DigitsDataModule(cfg.paths.processed_dir, batch_size=int(hp["batch_size"]), seed=cfg.seed)
+    module = build_module(cfg, info, cfg.train.max_epochs)
+    dm = DataModule(cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed)
 
-    run_id = tracking.start_run(
-        cfg.register_.experiment, "train", parent_run_id, tags={"dlops.stage": "train"}
-    )
+    run_id = _open_run(cfg, parent_run_id, resume_run)
     try:
-        _log_inputs(cfg, run_id)
-        tracking.client().log_param(run_id, "batch_size", int(hp["batch_size"]))
+        if last is None:
+            _log_inputs(cfg, run_id)
+            tracking.log_params(
+                run_id,
+                {"arch": cfg.arch, "task": info["task"], "modality": info["modality"]},
+            )
+        else:
+            tracking.client().set_tag(run_id, "dlops.resumed_from", str(last))
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_json(ckpt_dir / FINGERPRINT, {"fingerprint": fingerprint(cfg), "run_id": run_id})
         logger = MLFlowLogger(
             experiment_name=cfg.register_.experiment,
             run_id=run_id,
             tracking_uri=tracking.tracking_uri(),
+            log_model=False,
         )
+        ckpt = ModelCheckpoint(
+            dirpath=ckpt_dir, filename=BEST, monitor=VAL_LOSS, mode="min", save_last=True
+        )
+        stop = EarlyStopping(monitor=VAL_LOSS, mode="min", patience=cfg.train.patience)
+        trainer = make_trainer(cfg, cfg.train.max_epochs, [ckpt, stop], logger=logger)
+        resumed_epoch = None
+        if last is not None:
+            resumed_epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
+        best_path = Path(ckpt.best_model_path or ckpt_dir / f"{BEST}.ckpt")
+        state = torch.load(best_path, map_location="cpu", weights_only=True)
+        net_state = {
+            k.removeprefix("net."): v
+            for k, v in state["state_dict"].items()
+            if k.startswith("net.")
+        }
+        best_epoch = int(state["epoch"])
+        module.net.load_state_dict(net_state)
+        # re-score the best epoch in this process, without the logger (one point per epoch)
+        scorer = make_trainer(
+            cfg, 1, [], enable_checkpointing=False, devices=1, strategy="auto", precision="32-true"
+        )
+        val = scorer.validate(module, datamodule=dm, verbose=False)[0]
         with atomic_dir(cfg.paths.train_dir) as out:
-            ckpt = ModelCheckpoint(
-                dirpath=out, filename="best", monitor=VAL_LOSS, mode="min", save_top_k=1
-            )
-            stop = EarlyStopping(monitor=VAL_LOSS, mode="min", patience=cfg.train.patience)
-            trainer = make_trainer(cfg, cfg.train.max_epochs, [ckpt, stop], logger=logger)
-            trainer.fit(module, datamodule=dm)
-            state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
-            net_state = {
-                k.removeprefix("net."): v
-                for k, v in state["state_dict"].items()
-                if k.startswith("net.")
-            }
             torch.save(net_state, out / MODEL_WEIGHTS)
-            shutil.copy(Path(cfg.paths.processed_dir) / NORMALIZER, out / NORMALIZER)
-            best_epoch = int(state["epoch"])
-            module.net.load_state_dict(net_state)
-            # re-score the best epoch without the logger, so the history keeps one point per epoch
-            scorer = make_trainer(cfg, 1, [], enable_checkpointing=False)
-            val = scorer.validate(module, datamodule=dm, verbose=False)[0]
+            shutil.copy(Path(cfg.paths.processed_dir) / PREPROCESSOR, out / PREPROCESSOR)
+            shutil.copy(best_path, out / f"{BEST}.ckpt")
+            if (ckpt_dir / f"{LAST}.ckpt").is_file():
+                shutil.copy(ckpt_dir / f"{LAST}.ckpt", out / f"{LAST}.ckpt")
             write_json(
                 out / MODEL_SPEC,
                 {
-                    "arch": "cnn",
+                    "arch": cfg.arch,
+                    "task": info["task"],
+                    "modality": info["modality"],
                     "spec": module.spec.to_dict(),
-                    "hyperparameters": hp,
+                    "hyperparameters": dict(module.hparams),
+                    "batch_size": cfg.train.batch_size,
                     "mlflow_run_id": run_id,
                     "best_epoch": best_epoch,
                 },
@@ -173,37 +288,44 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
             train_dir=Path(cfg.paths.train_dir),
             run_id=run_id,
             best_val_loss=float(val[VAL_LOSS]),
-            best_val_acc=float(val[VAL_ACC]),
+            best_val_metric=float(val[metric_name]),
+            metric_name=metric_name,
             epochs=int(trainer.current_epoch),
             best_epoch=best_epoch,
+            resumed_from_epoch=resumed_epoch,
         )
         write_json(
             cfg.paths.train_metrics,
             {
                 "best_val_loss": result.best_val_loss,
-                "best_val_acc": result.best_val_acc,
+                f"best_{metric_name.replace('/', '_')}": result.best_val_metric,
                 "epochs": result.epochs,
                 "best_epoch": result.best_epoch,
             },
         )
         c = tracking.client()
         c.log_metric(run_id, "best/val_loss", result.best_val_loss)
-        c.log_metric(run_id, "best/val_acc", result.best_val_acc)
+        c.log_metric(run_id, f"best/{metric_name}", result.best_val_metric)
         c.log_metric(run_id, "best/epoch", best_epoch)
     except BaseException:
         tracking.end_run(run_id, failed=True)
         raise
     tracking.end_run(run_id)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # train_dir holds best.ckpt and last.ckpt now
     return result
 
 
 def main() -> None:
-    """Entry point for `python -m tasks.train` (dvc.yaml)."""
-    argparse.ArgumentParser(description=__doc__).parse_args()
-    r = run(load_config())
+    """Entry point for `python -m tasks.train` (dvc.yaml); `--resume` continues a killed run."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint if it matches"
+    )
+    args = parser.parse_args()
+    r = run(load_config(), resume=args.resume)
     print(
-        f"train: best val/acc {r.best_val_acc:.4f} val/loss {r.best_val_loss:.4f} at epoch "
-        f"{r.best_epoch} of {r.epochs}; MLflow run {r.run_id}"
+        f"train: best {r.metric_name} {r.best_val_metric:.4f} val/loss {r.best_val_loss:.4f} at "
+        f"epoch {r.best_epoch} of {r.epochs}; MLflow run {r.run_id}"
     )
 
 

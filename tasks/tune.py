@@ -11,7 +11,7 @@ from typing import Any
 
 from tasks import tracking
 from tasks.config import Choices, Config, FloatRange, IntRange, load_config
-from tasks.train import build_module, hyperparameters, make_trainer
+from tasks.train import build_module, data_info, make_trainer
 from tasks.utils import write_json
 
 
@@ -29,16 +29,32 @@ class TuneResult:
     run_id: str
 
 
-def suggest(trial: Any, space: dict[str, FloatRange | IntRange | Choices]) -> dict[str, Any]:
-    """Draw one point of the search space declared in params.yaml."""
+def _draw(trial: Any, name: str, dim: FloatRange | IntRange | Choices) -> Any:
+    if isinstance(dim, Choices):
+        return trial.suggest_categorical(name, dim.choices)
+    if isinstance(dim, IntRange):
+        return trial.suggest_int(name, dim.low, dim.high, step=dim.step)
+    return trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+
+
+def suggest(trial: Any, cfg: Config) -> dict[str, Any]:
+    """Draw one point of the search space (dotted params.yaml paths).
+
+    `model.arch` is drawn first; `model.<arch>.*` dimensions are drawn only when that arch is the
+    trial's (conditional parameters: an LSTM's hidden size only for RNNs).
+    """
+    space = cfg.tune.space
     params: dict[str, Any] = {}
+    if "model.arch" in space:
+        params["model.arch"] = _draw(trial, "model.arch", space["model.arch"])
+    arch = cfg.with_values(params).arch if params else cfg.arch
     for name, dim in space.items():
-        if isinstance(dim, Choices):
-            params[name] = trial.suggest_categorical(name, dim.choices)
-        elif isinstance(dim, IntRange):
-            params[name] = trial.suggest_int(name, dim.low, dim.high, step=dim.step)
-        else:
-            params[name] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+        if name == "model.arch":
+            continue
+        parts = name.split(".")
+        if parts[0] == "model" and len(parts) == 3 and parts[1] != arch:
+            continue
+        params[name] = _draw(trial, name, dim)
     return params
 
 
@@ -59,8 +75,8 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from models.datamodule import DigitsDataModule
-    from models.metrics import VAL_ACC, VAL_LOSS
+    from models.datamodule import DataModule
+    from models.metrics import HEADLINE, VAL_LOSS
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -71,23 +87,34 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
         cfg.register_.experiment, "tune", parent_run_id, tags={"dlops.stage": "tune"}
     )
     c = tracking.client()
-    dm = DigitsDataModule(cfg.paths.processed_dir, seed=cfg.seed)
+    dm = DataModule(cfg.paths.processed_dir, seed=cfg.seed)
     dm.setup()
+    info = data_info(cfg.paths.processed_dir)
+    headline = HEADLINE[info["task"]]["val"]
 
     def objective(trial: optuna.Trial) -> float:
-        hp = hyperparameters(cfg, suggest(trial, t.space))
+        values = suggest(trial, cfg)
+        trial_cfg = cfg.with_values(values)
         trial_run = tracking.start_run(
             cfg.register_.experiment,
             f"trial-{trial.number}",
             parent_run_id or tune_run,
             tags={"dlops.stage": "tune", "optuna.study": study_name},
         )
-        tracking.log_params(trial_run, hp)
+        tracking.log_params(trial_run, {**values, "arch": trial_cfg.arch})
         L.seed_everything(cfg.seed + trial.number, workers=True, verbose=False)
-        dm.batch_size = int(hp["batch_size"])
-        module = build_module(cfg, hp, t.max_epochs)
+        dm.batch_size = trial_cfg.train.batch_size
+        module = build_module(trial_cfg, info, t.max_epochs)
         pruning = PyTorchLightningPruningCallback(trial, monitor=VAL_LOSS)
-        trainer = make_trainer(cfg, t.max_epochs, [pruning], enable_checkpointing=False)
+        # trials run in this process (several processes would each start their own study)
+        trainer = make_trainer(
+            trial_cfg,
+            t.max_epochs,
+            [pruning],
+            enable_checkpointing=False,
+            devices=1,
+            strategy="auto",
+        )
         state = "COMPLETE"
         try:
             trainer.fit(module, datamodule=dm)
@@ -100,7 +127,7 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
             raise
         finally:
             m = trainer.callback_metrics
-            for key in (VAL_LOSS, VAL_ACC):
+            for key in (VAL_LOSS, headline):
                 if key in m:
                     c.log_metric(trial_run, key, float(m[key]), step=trainer.current_epoch)
             c.set_tag(trial_run, "optuna.trial", str(trial.number))
@@ -124,7 +151,7 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
             raise RuntimeError(f"tune: no trial of study {study_name} completed")
         best = study.best_trial
         result = TuneResult(
-            best_params=dict(best.params),
+            best_params=dict(best.params),  # dotted params.yaml paths
             best_value=float(best.value),
             best_trial=best.number,
             study_name=study_name,
