@@ -1,84 +1,272 @@
-"""Networks: plain `nn.Module`s built from a typed spec."""
+"""Networks: plain `nn.Module`s (MLP, 2-D CNN, 1-D CNN, GRU/LSTM) built from a typed spec."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from models.preprocessing import Normalizer
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+INITS = ("default", "kaiming", "xavier", "orthogonal")
+# Each arch's options and their defaults; a key missing from `NetSpec.options` takes these.
+ARCH_OPTIONS: dict[str, dict[str, Any]] = {
+    "mlp": {"layers": 2, "width": 128},
+    "cnn": {"blocks": 2, "channels": 32, "kernel_size": 3, "hidden": 128},
+    "cnn1d": {"blocks": 2, "channels": 32, "kernel_size": 5, "hidden": 64},
+    "rnn": {"cell": "gru", "hidden": 64, "layers": 1, "bidirectional": False},
+}
 
 
 @dataclass(frozen=True)
-class CNNSpec:
-    """Architecture of `DigitsCNN` (saved as model.json next to the weights)."""
+class NetSpec:
+    """Architecture of a network (saved under "spec" in model.json next to the weights).
 
-    channels: int = 32
+    `input_shape` excludes the batch: (F,) for mlp, (C, H, W) for cnn, (T, C) for cnn1d and rnn
+    (an mlp flattens inputs of any shape). `options` holds the arch's own keys (`ARCH_OPTIONS`).
+    """
+
+    arch: str
+    input_shape: tuple[int, ...]
+    n_outputs: int
+    activation: str = "relu"
     dropout: float = 0.2
-    hidden: int = 128
-    n_classes: int = 10
-    in_channels: int = 1
-    height: int = 8
-    width: int = 8
+    batch_norm: bool = True
+    init: str = "default"
+    options: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        """Plain dict for JSON."""
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (input_shape as a list)."""
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        return d
 
-
-class DigitsCNN(nn.Module):
-    """Two conv blocks (conv, batch norm, ReLU, max-pool), then a dropout-regularized head."""
-
-    def __init__(self, spec: CNNSpec) -> None:
-        super().__init__()
-        c = spec.channels
-
-        def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-            )
-
-        self.features = nn.Sequential(
-            block(spec.in_channels, c),
-            nn.MaxPool2d(2),
-            block(c, 2 * c),
-            nn.MaxPool2d(2),
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NetSpec:
+        """Inverse of `to_dict`; unknown keys raise ValueError."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown NetSpec key(s) {unknown}")
+        return cls(
+            **{**d, "input_shape": tuple(d["input_shape"]), "options": dict(d.get("options", {}))}
         )
-        flat = 2 * c * (spec.height // 4) * (spec.width // 4)
+
+    def arch_options(self) -> dict[str, Any]:
+        """The arch's options with defaults filled in; unknown arch or keys raise ValueError."""
+        if self.arch not in ARCH_OPTIONS:
+            raise ValueError(f"unknown arch '{self.arch}' (known: {', '.join(ARCH_OPTIONS)})")
+        defaults = ARCH_OPTIONS[self.arch]
+        for key in self.options:
+            if key not in defaults:
+                raise ValueError(
+                    f"unknown option '{key}' for arch '{self.arch}' (known: {', '.join(defaults)})"
+                )
+        return {**defaults, **self.options}
+
+
+def activation(name: str) -> nn.Module:
+    """A fresh activation module by name (relu, leaky_relu, gelu, tanh, sigmoid)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}' (known: {', '.join(ACTIVATIONS)})")
+    return ACTIVATIONS[name]()
+
+
+def _check_rank(spec: NetSpec, rank: int, layout: str) -> None:
+    if len(spec.input_shape) != rank:
+        raise ValueError(
+            f"arch '{spec.arch}' takes input_shape {layout}, got {tuple(spec.input_shape)}"
+        )
+
+
+def _head(in_features: int, hidden: int, spec: NetSpec) -> list[nn.Module]:
+    return [
+        nn.Dropout(spec.dropout),
+        nn.Linear(in_features, hidden),
+        activation(spec.activation),
+        nn.Dropout(spec.dropout),
+        nn.Linear(hidden, spec.n_outputs),
+    ]
+
+
+class MLP(nn.Module):
+    """Hidden layers of Linear, BatchNorm1d, activation, Dropout; flattens inputs of any rank."""
+
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        opt = spec.arch_options()
+        fin, layers = math.prod(spec.input_shape), []
+        for _ in range(opt["layers"]):
+            layers.append(nn.Linear(fin, opt["width"], bias=not spec.batch_norm))
+            if spec.batch_norm:
+                layers.append(nn.BatchNorm1d(opt["width"]))
+            layers += [activation(spec.activation), nn.Dropout(spec.dropout)]
+            fin = opt["width"]
+        layers.append(nn.Linear(fin, spec.n_outputs))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (N, n_outputs) for inputs (N, *input_shape)."""
+        return self.net(x.flatten(1))
+
+
+class CNN(nn.Module):
+    """Conv blocks (conv, batch norm, activation, max-pool), then a dropout-regularized head."""
+
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        _check_rank(spec, 3, "(C, H, W)")
+        opt = spec.arch_options()
+        (cin, h, w), k = spec.input_shape, opt["kernel_size"]
+        layers: list[nn.Module] = []
+        for i in range(opt["blocks"]):
+            cout = opt["channels"] * 2**i
+            layers.append(nn.Conv2d(cin, cout, k, padding=k // 2, bias=not spec.batch_norm))
+            h, w = h + 2 * (k // 2) - k + 1, w + 2 * (k // 2) - k + 1
+            if spec.batch_norm:
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(activation(spec.activation))
+            if h >= 2 or w >= 2:  # pool only the dimensions that still have room
+                pool = (2 if h >= 2 else 1, 2 if w >= 2 else 1)
+                layers.append(nn.MaxPool2d(pool))
+                h, w = h // pool[0], w // pool[1]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        out_h, out_w = min(2, h), min(2, w)
         self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d((out_h, out_w)),
             nn.Flatten(),
-            nn.Dropout(spec.dropout),
-            nn.Linear(flat, spec.hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(spec.dropout),
-            nn.Linear(spec.hidden, spec.n_classes),
+            *_head(cin * out_h * out_w, opt["hidden"], spec),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (N, n_classes) for images of shape (N, C, H, W)."""
+        """Outputs (N, n_outputs) for images (N, C, H, W)."""
         return self.head(self.features(x))
 
 
-def build_network(spec: CNNSpec) -> nn.Module:
-    """Build the network a spec describes."""
-    return DigitsCNN(spec)
+class CNN1d(nn.Module):
+    """1-D conv blocks over time, global average pooling, then a dropout-regularized head."""
+
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        _check_rank(spec, 2, "(T, C)")
+        opt = spec.arch_options()
+        (t, cin), k = spec.input_shape, opt["kernel_size"]
+        layers: list[nn.Module] = []
+        for i in range(opt["blocks"]):
+            cout = opt["channels"] * 2**i
+            layers.append(nn.Conv1d(cin, cout, k, padding=k // 2, bias=not spec.batch_norm))
+            t = t + 2 * (k // 2) - k + 1
+            if spec.batch_norm:
+                layers.append(nn.BatchNorm1d(cout))
+            layers.append(activation(spec.activation))
+            if t >= 2:
+                layers.append(nn.MaxPool1d(2))
+                t //= 2
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(*_head(cin, opt["hidden"], spec))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (N, n_outputs) for sequences (N, T, C)."""
+        return self.head(self.features(x.transpose(1, 2)).mean(dim=2))
+
+
+class RNN(nn.Module):
+    """GRU or LSTM; the head reads [final hidden state(s) of the last layer, mean output]."""
+
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        _check_rank(spec, 2, "(T, C)")
+        opt = spec.arch_options()
+        cells = {"gru": nn.GRU, "lstm": nn.LSTM}
+        if opt["cell"] not in cells:
+            raise ValueError(f"unknown rnn cell '{opt['cell']}' (known: {', '.join(cells)})")
+        self.rnn = cells[opt["cell"]](
+            spec.input_shape[1],
+            opt["hidden"],
+            num_layers=opt["layers"],
+            batch_first=True,
+            dropout=spec.dropout if opt["layers"] > 1 else 0.0,
+            bidirectional=opt["bidirectional"],
+        )
+        self.directions = 2 if opt["bidirectional"] else 1
+        features = 2 * opt["hidden"] * self.directions
+        norm = [nn.BatchNorm1d(features)] if spec.batch_norm else []
+        self.head = nn.Sequential(
+            *norm, nn.Dropout(spec.dropout), nn.Linear(features, spec.n_outputs)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (N, n_outputs) for sequences (N, T, C)."""
+        out, state = self.rnn(x)
+        h = state[0] if isinstance(state, tuple) else state  # LSTM: (h, c)
+        # the last layer's final state per direction: for the backward direction that is its
+        # state after reading the whole sequence, which out[:, -1] is not
+        last = h[-self.directions :]
+        return self.head(torch.cat([*last, out.mean(dim=1)], dim=1))
+
+
+NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "cnn1d": CNN1d, "rnn": RNN}
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"unknown init '{init}' (known: {', '.join(INITS)})")
+
+
+def init_weights(net: nn.Module, init: str, act: str = "relu") -> nn.Module:
+    """Re-initialize Linear/Conv weights (and RNN weights for "orthogonal"), biases to zero.
+
+    "default" keeps PyTorch's init. "kaiming" uses the gain of `act` where torch knows it (relu,
+    leaky_relu, tanh, sigmoid), else relu's. "orthogonal" makes each RNN gate's block orthogonal.
+    """
+    _check_init(init)
+    if init == "default":
+        return net
+    for module in net.modules():
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
+            if init == "kaiming":
+                nonlinearity = act if act in ("relu", "leaky_relu", "tanh", "sigmoid") else "relu"
+                a = 0.01 if act == "leaky_relu" else 0.0  # nn.LeakyReLU's default slope
+                nn.init.kaiming_normal_(module.weight, a=a, nonlinearity=nonlinearity)
+            elif init == "xavier":
+                nn.init.xavier_uniform_(module.weight)
+            else:
+                nn.init.orthogonal_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.RNNBase) and init == "orthogonal":
+            gates = {"LSTM": 4, "GRU": 3}.get(module.mode, 1)
+            for name, param in module.named_parameters():
+                if name.startswith("weight"):
+                    for gate in param.data.chunk(gates, dim=0):  # one square block per gate
+                        nn.init.orthogonal_(gate)
+                else:
+                    nn.init.zeros_(param)
+    return net
+
+
+def build_network(spec: NetSpec) -> nn.Module:
+    """Build the network a spec describes; unknown arch, option, activation or init: ValueError."""
+    spec.arch_options()  # validate names before anything is built
+    activation(spec.activation)
+    _check_init(spec.init)
+    return init_weights(NETWORKS[spec.arch](spec), spec.init, spec.activation)
 
 
 def load_network(spec_path: str | Path, weights_path: str | Path) -> nn.Module:
-    """A network in eval mode from model.json and a weights-only state dict."""
-    meta = json.loads(Path(spec_path).read_text())
-    net = build_network(CNNSpec(**meta["spec"]))
+    """A network in eval mode from model.json (key "spec") and a weights-only state dict."""
+    spec = NetSpec.from_dict(json.loads(Path(spec_path).read_text())["spec"])
+    net = build_network(spec)
     net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     return net.eval()
-
-
-def load_trained(train_dir: str | Path) -> tuple[nn.Module, Normalizer]:
-    """The trained network (eval mode) and its normalizer from a train folder."""
-    folder = Path(train_dir)
-    net = load_network(folder / "model.json", folder / "model.pt")
-    return net, Normalizer.load(folder / "normalizer.json")

@@ -412,7 +412,7 @@ def load_split(processed_dir: str | Path, split: str) -> tuple[Any, np.ndarray]:
         import pandas as pd
 
         frame = pd.read_parquet(table)
-        y = frame.pop("__target__").to_numpy()
+        y = frame.pop("__target__").to_numpy().copy()  # writable, as torch wants
         return frame, y
     with np.load(folder / f"{split}.npz", allow_pickle=False) as npz:
         return npz["x"], npz["y"]

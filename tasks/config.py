@@ -508,7 +508,8 @@ def set_path(raw: dict[str, Any], path: list[str], value: Any, text: str) -> Non
     i = 0
     while i < len(path) - 1:
         rest = ".".join(path[i:])
-        if isinstance(node, dict) and rest in node:  # a key holding dots (tune.space entries)
+        # tune.space's keys are dotted params.yaml paths themselves
+        if isinstance(node, dict) and (rest in node or path[:i] == ["tune", "space"]):
             break
         part = path[i]
         if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):

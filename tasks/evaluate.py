@@ -43,7 +43,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
         y_true, pred, labels=labels, average="macro", zero_division=0
     )
     present = np.unique(y_true)
-    if len(present) == len(labels):
+    if len(present) == len(labels) == 2:  # binary: the positive class's score
+        auc = roc_auc_score(y_true, proba[:, 1])
+    elif len(present) == len(labels):
         auc = roc_auc_score(y_true, proba, multi_class="ovr", labels=labels)
     else:  # AUC of the classes that occur (tiny test sets)
         auc = float(

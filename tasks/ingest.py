@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -237,13 +238,34 @@ def describe(cfg: Config, raw_dir: Path, file: str, source: str, sha256: str) ->
     )
 
 
+def _previous(cfg: Config) -> Manifest | None:
+    try:
+        m = Manifest.load(cfg.paths.raw_dir)
+    except (DataError, TypeError, ValueError):
+        return None
+    ok = m.params_hash == cfg.section_hash("data") and m.data_path(cfg.paths.raw_dir).exists()
+    return m if ok else None
+
+
 def run(cfg: Config) -> IngestResult:
-    """Copy the data into `paths.raw_dir` with its manifest, atomically."""
+    """Copy the data into `paths.raw_dir` with its manifest, atomically.
+
+    The stage runs on every pipeline run (the source may have changed outside the repository),
+    but leaves the raw folder untouched when the content is the same: downstream stages skip.
+    """
     raw_dir = Path(cfg.paths.raw_dir)
-    with atomic_dir(raw_dir) as tmp:
+    previous = _previous(cfg)
+    if previous is not None and cfg.data.source is None:  # built-ins are deterministic
+        return IngestResult(raw_dir=raw_dir, manifest=previous)
+    raw_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=raw_dir.parent, prefix=".ingest.") as scratch:
+        tmp = Path(scratch) / "raw"
+        tmp.mkdir()
         if cfg.data.source:
             source = cfg.data.source
             file, sha = fetch(source, tmp, cfg.modality)
+            if previous is not None and (previous.source, previous.sha256) == (source, sha):
+                return IngestResult(raw_dir=raw_dir, manifest=previous)
         else:
             source = f"builtin:{cfg.data.dataset}"
             modality = cfg.modality
@@ -257,8 +279,15 @@ def run(cfg: Config) -> IngestResult:
                 file = "data.npz"
                 np.savez(tmp / file, **waveforms())
             sha = content_hash(tmp / file)
-        manifest = describe(cfg, tmp, file, source, sha)
+        try:
+            manifest = describe(cfg, tmp, file, source, sha)
+        except DataError as exc:  # name the user's source, not the temporary copy
+            raise DataError(str(exc).replace(str(tmp / file), source)) from None
+        manifest = replace(manifest, params_hash=cfg.section_hash("data"))
         manifest.save(tmp)
+        with atomic_dir(raw_dir) as out:
+            out.rmdir()
+            tmp.rename(out)
     return IngestResult(raw_dir=raw_dir, manifest=manifest)
 
 

@@ -66,13 +66,12 @@ def input_example(cfg: Config) -> pd.DataFrame | None:
 
     from models.preprocessing import load_split
     from models.pyfunc import IMAGE, encode_png, to_model_input
-    from tasks.sources import Manifest
 
-    try:
-        x, _ = load_split(cfg.paths.processed_dir, "test")
-    except FileNotFoundError:
+    split = Path(cfg.paths.processed_dir) / "split.json"
+    if not split.is_file():
         return None
-    kind = Manifest.load(cfg.paths.raw_dir).modality
+    kind = read_json(split)["modality"]
+    x, _ = load_split(cfg.paths.processed_dir, "test")
     if kind == "images":
         return pd.DataFrame({IMAGE: [encode_png(img) for img in x[:2]]})
     return to_model_input(kind, x[:2])

@@ -45,6 +45,7 @@ class Manifest:
     group: str | None = None
     classes: list[Any] = field(default_factory=list)  # classification: labels, sorted
     fixed_test: bool = False  # sequences: x_test/y_test given
+    params_hash: str = ""  # of the `data` section it was ingested with
 
     def save(self, raw_dir: str | Path) -> Path:
         """Write manifest.json into the raw folder."""

@@ -81,7 +81,7 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     t = cfg.tune
-    study_name = f"{cfg.register_.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    study_name = f"{cfg.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     # Trials nest under the pipeline's parent run; without a flow, under the tune run itself.
     tune_run = tracking.start_run(
         cfg.register_.experiment, "tune", parent_run_id, tags={"dlops.stage": "tune"}

@@ -20,7 +20,7 @@ TINY = [
     "tune.max_epochs=1",
     "train.max_epochs=2",
     "train.patience=1",
-    "promote.min_score=0.5",
+    "promote.threshold=0.5",
 ]
 PROJECT_FILES = ["params.yaml", "dvc.yaml", ".dvcignore", "tasks", "models", "flows"]
 

@@ -1,5 +1,6 @@
 """The whole flow in a temporary git + DVC repository with a temporary SQLite MLflow store."""
 
+import base64
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -18,7 +20,7 @@ import yaml
 from tasks import tracking
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-NAME = "dlops-digits-cnn"
+NAME = "dlops-digits"
 DVC = str(Path(sys.executable).parent / "dvc")
 
 
@@ -48,7 +50,7 @@ def _predict_in_fresh_process(root: Path, rows: pd.DataFrame) -> pd.DataFrame:
         env=env,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    return pd.read_json(io.StringIO(out.stdout.strip().splitlines()[-1]))
+    return pd.read_json(io.StringIO(out.stdout.strip().splitlines()[-1]), dtype=False)
 
 
 def _free_port() -> int:
@@ -82,7 +84,7 @@ def _serve_and_predict(root: Path, rows: pd.DataFrame) -> list[int]:
                 )
                 with urllib.request.urlopen(request, timeout=10) as response:
                     predictions = json.loads(response.read())["predictions"]
-                return [int(p["prediction"]) for p in predictions]
+                return [str(p["prediction"]) for p in predictions]
             except (urllib.error.URLError, ConnectionError):
                 assert server.poll() is None, server.stderr.read().decode()[-2000:]
                 assert time.monotonic() < deadline, "model server did not answer in 90 s"
@@ -124,30 +126,29 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     artifacts = {a.path for a in c.list_artifacts(train_run.info.run_id)}
     assert {"params.yaml", "dvc.lock", "plots", "validation"} <= artifacts
 
-    # the champion serves raw rows in a fresh process
-    raw = pd.read_csv(root / "data/raw/digits.csv").head(20)
-    pred = _predict_in_fresh_process(root, raw.drop(columns="label"))
+    # the champion serves raw images (base64 PNG text) in a fresh process
+    files = sorted((root / "data/raw/images").glob("*/*.png"))[::90][:20]
+    labels = [f.parent.name for f in files]
+    rows = pd.DataFrame({"image": [base64.b64encode(f.read_bytes()).decode() for f in files]})
+    pred = _predict_in_fresh_process(root, rows)
     assert len(pred) == 20
-    assert (pred["prediction"].to_numpy() == raw["label"].to_numpy()).mean() >= 0.5
+    assert (pred["prediction"].astype(str).to_numpy() == np.array(labels)).mean() >= 0.5
     proba = pred[[f"proba_{k}" for k in range(10)]].to_numpy()
     assert abs(proba.sum(axis=1) - 1).max() < 1e-6
-    as_float = _predict_in_fresh_process(root, raw.drop(columns="label").astype(float))
-    assert (as_float["prediction"] == pred["prediction"]).all()
     # and as a REST service
-    served = _serve_and_predict(root, raw.drop(columns="label").head(5))
-    assert served == pred["prediction"].head(5).tolist()
+    served = _serve_and_predict(root, rows.head(5))
+    assert served == pred["prediction"].astype(str).head(5).tolist()
 
     # nothing changed: nothing retrains, no new version, no alias moves, dvc agrees
     second = pipeline(overrides=[])
     outcomes = _outcomes(second)
-    assert {outcomes[s] for s in ("ingest", "validate", "preprocess", "tune", "train")} == {
-        "skipped"
-    }
+    # ingest looks at the source on every run; the same content leaves data/raw as it was
+    assert {outcomes[s] for s in ("validate", "preprocess", "tune", "train")} == {"skipped"}
     assert outcomes["evaluate"] == "skipped" and outcomes["register"] == "skipped"
     assert _versions() == [1]
     assert str(c.get_model_version_by_alias(NAME, "champion").version) == "1"
     status = subprocess.run([DVC, "status"], cwd=root, capture_output=True, text=True)
-    assert "up to date" in status.stdout
+    assert status.stdout.split() == ["ingest:", "always", "changed"], status.stdout
 
     # one training parameter changed: train and what follows re-run, tune does not
     third = pipeline(overrides=["train.max_epochs=1"])
@@ -159,8 +160,8 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     champion_before = str(c.get_model_version_by_alias(NAME, "champion").version)
     worse = pipeline(
         overrides=[
-            "tune.space.lr={low: 0.000001, high: 0.000002, log: true}",
-            "promote.min_score=0.0",
+            "tune.space.train.lr={low: 0.000001, high: 0.000002, log: true}",
+            "promote.threshold=null",
         ]
     )
     new = worse["model"]["version"]
@@ -171,32 +172,140 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     assert worse["promotion"]["promoted"] is False
 
 
-def _corrupt(frame: pd.DataFrame) -> pd.DataFrame:
-    bad = frame.copy()
-    bad["pixel_3"] = bad["pixel_3"].astype(float)
-    bad.loc[5, "pixel_3"] = 40  # out of range
-    bad.loc[6, "pixel_10"] = None  # a null
-    bad.loc[7, "label"] = 11  # unknown label
-    return bad
+def _table(path: Path, n: int = 240, seed: int = 0, rename: dict | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 90, n).astype(float),
+            "income": rng.normal(50, 10, n).round(2),
+            "city": rng.choice(["paris", "oslo", "rome"], n),
+        }
+    )
+    frame["label"] = np.where(frame["income"] + (frame["city"] == "oslo") * 8 > 52, "yes", "no")
+    frame.loc[::7, "age"] = np.nan
+    frame.loc[3::11, "city"] = None
+    frame.rename(columns=rename or {}).to_csv(path, index=False)
+    return path
 
 
-def test_corrupted_raw_data_stops_at_validation(dvc_project, tiny):
+BYO = ["promote.threshold=null", "validate.min_rows=20"]
+
+
+def test_bring_your_own_csv_infers_then_enforces_its_suite(dvc_project, tiny):
     from flows.pipeline import pipeline
-    from tasks.ingest import load_digits_frame
     from tasks.validate import DataValidationError
 
     root = dvc_project
-    source = root / "incoming.csv"
-    _corrupt(load_digits_frame()).to_csv(source, index=False)
+    src = _table(root / "people.csv")
+    first = pipeline(overrides=[*tiny, *BYO, f"data.source={src}", "data.target=label"])
+    assert first["stages"][0]["detail"]["modality"] == "tables"
+    suite = json.loads((root / "expectations/people.json").read_text())
+    assert suite["name"] and len(suite["expectations"]) > 5
+    name = first["model"]["name"]
+    assert name == "dlops-people"
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    raw = pd.read_csv(src).drop(columns="label").head(6)  # strings and missing values as they are
+    out = model.predict(raw)
+    assert set(out["prediction"]) <= {"yes", "no"}
+    assert list(out.columns) == ["prediction", "proba_no", "proba_yes"]
+
+    # a refreshed source whose schema changed fails loudly against the saved suite
+    _table(src, seed=1, rename={"income": "salary"})
     with pytest.raises(DataValidationError) as err:
-        pipeline(overrides=[*tiny, f"data.source={source}"])
-    message = str(err.value)
-    assert "\n" not in message
-    assert "pixel_3" in message and "pixel_10" in message and "label" in message
-    assert "expect_column_values_to_be_between" in message
-    assert "expect_column_values_to_not_be_null" in message
-    assert "expect_column_values_to_be_in_set" in message
+        pipeline(overrides=[])
+    assert "salary" in str(err.value) and "\n" not in str(err.value)
+    versions = tracking.client().search_model_versions(f"name='{name}'")
+    assert [str(v.version) for v in versions] == ["1"]
+
+
+def test_bring_your_own_sequences_and_regression(dvc_project, tiny):
+    from flows.pipeline import pipeline
+
+    root = dvc_project
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(150, 16)).astype(np.float32)
+    y = (x[:, :8].sum(axis=1) * 3 + 10).astype(np.float64)  # a regression target
+    np.savez(root / "signal.npz", x=x, y=y)
+    r = pipeline(overrides=[*tiny, *BYO, f"data.source={root / 'signal.npz'}"])
+    assert r["stages"][0]["detail"]["task"] == "regression"
+    assert set(r["metrics"]) == {"rmse", "mae", "r2", "n_test"}
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{r['model']['name']}/1")
+    out = model.predict(pd.DataFrame({"sequence": [s.tolist() for s in x[:4]]}))
+    assert out["prediction"].dtype == np.float64 and len(out) == 4
+
+
+def _images_with(root: Path, bad: str) -> Path:
+    from PIL import Image
+
+    base = root / "imgs"
+    for k in ("a", "b"):
+        (base / k).mkdir(parents=True)
+        for i in range(30):
+            Image.fromarray(np.full((8, 8), 40 * i % 255, np.uint8)).save(base / k / f"{i}.png")
+    if bad == "corrupt":
+        (base / "a" / "broken.png").write_bytes(b"\x89PNG not really")
+    else:
+        (base / "c").mkdir()
+    return base
+
+
+def _single_class(root: Path) -> Path:
+    path = _table(root / "one.csv")
+    frame = pd.read_csv(path)
+    frame["label"] = "yes"
+    frame.to_csv(path, index=False)
+    return path
+
+
+BAD_INPUTS = {
+    "missing file": (lambda r: r / "missing.csv", [], "missing.csv: file not found"),
+    "empty file": (
+        lambda r: (r / "empty.csv").write_text("") or r / "empty.csv",
+        [],
+        "empty.csv: file is empty",
+    ),
+    "missing target": (
+        lambda r: _table(r / "t.csv"),
+        ["data.target=price"],
+        "no target column 'price'",
+    ),
+    "single class": (_single_class, ["data.target=label"], "1 class"),
+    "unreadable image": (lambda r: _images_with(r, "corrupt"), [], "broken.png"),
+    "empty class folder": (
+        lambda r: _images_with(r, "empty"),
+        [],
+        "class folder 'c' holds no PNG or JPEG image",
+    ),
+    "mismatched x/y": (
+        lambda r: np.savez(r / "m.npz", x=np.zeros((9, 4)), y=np.zeros(8)) or r / "m.npz",
+        [],
+        "x has 9 sequences but y has 8 labels",
+    ),
+    "NaN labels": (
+        lambda r: (
+            np.savez(r / "n.npz", x=np.zeros((3, 4)), y=np.array([0, np.nan, 1])) or r / "n.npz"
+        ),
+        [],
+        "y holds 1 NaN labels",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_stops_before_training_with_one_line(dvc_project, tiny, case):
+    from flows.pipeline import pipeline
+    from tasks.sources import DataError
+    from tasks.validate import DataValidationError
+
+    make, extra, message = BAD_INPUTS[case]
+    src = make(dvc_project)
+    with pytest.raises((DataError, DataValidationError)) as err:
+        pipeline(overrides=[*tiny, *BYO, f"data.source={src}", *extra])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
     assert tracking.client().search_registered_models() == []
-    assert not (root / "data/processed").exists()
-    report = json.loads((root / "reports/validation/result.json").read_text())
-    assert report["success"] is False
+    assert not (dvc_project / "data/train").exists()

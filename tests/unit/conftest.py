@@ -12,9 +12,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-TINY_SPEC = {"channels": 4, "hidden": 8, "dropout": 0.0}
 N_TRAIN = 300
 N_TEST = 120
+CLASSES = list(range(10))  # integer labels: the pyfunc's `prediction` column is int64
+# Digits-like images: (1, 8, 8), the cnn's default options, no dropout (a deterministic fit).
+TINY_SPEC = {
+    "arch": "cnn",
+    "input_shape": [1, 8, 8],
+    "n_outputs": len(CLASSES),
+    "activation": "relu",
+    "dropout": 0.0,
+    "batch_norm": True,
+    "init": "default",
+    "options": {},
+}
 
 
 @dataclass
@@ -24,8 +35,8 @@ class TinyModel:
     train_dir: Path
     processed_dir: Path
     state: dict[str, Any]  # the briefly trained state dict
-    x_test: np.ndarray  # raw rows (N, 64), pixel values 0..16
-    y_test: np.ndarray
+    x_test: np.ndarray  # raw images (N, 8, 8, 1) uint8, pixel values 0..255
+    y_test: np.ndarray  # class indices
 
     def write_weights(self, state: dict[str, Any] | None = None, run_id: str = "") -> Path:
         """Save a state dict (default: the trained one) as model.pt, the run id in model.json."""
@@ -40,11 +51,12 @@ class TinyModel:
 
 @pytest.fixture(scope="session")
 def tiny_digits() -> dict[str, np.ndarray]:
-    """A few hundred raw digit rows for training and a disjoint slice for testing."""
+    """A few hundred raw digit images (uint8 0..255, NHWC) for training, a disjoint test slice."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x, y = bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+    x = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[:, :, :, None]
+    y = bunch.target.astype(np.int64)
     return {
         "x_train": x[:N_TRAIN],
         "y_train": y[:N_TRAIN],
@@ -55,47 +67,60 @@ def tiny_digits() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def tiny_cnn(tiny_digits: dict[str, np.ndarray]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-    """(spec dict, fitted Normalizer, state dict) of a DigitsCNN trained for 50 full-batch steps.
+    """(spec dict, fitted ImagePreprocessor, state dict) of a cnn trained 25 full-batch steps.
 
-    Test accuracy is about 0.77: enough to clear a low floor and to beat zeroed weights.
+    Test accuracy is about 0.93: enough to clear a low floor and to beat zeroed weights.
     """
     import torch
 
-    from models.networks import CNNSpec, build_network
-    from models.preprocessing import Normalizer
+    from models.networks import NetSpec, build_network
+    from models.preprocessing import ImagePreprocessor, Target
 
     torch.set_num_threads(1)
-    spec = CNNSpec(**TINY_SPEC)
-    norm = Normalizer.fit(tiny_digits["x_train"])
+    spec = NetSpec.from_dict(TINY_SPEC)
+    target = Target("classification", classes=CLASSES)
+    pre = ImagePreprocessor.fit(tiny_digits["x_train"], target, size=(8, 8), channels=1)
+    assert pre.input_shape == spec.input_shape
     torch.manual_seed(0)
     net = build_network(spec)
-    opt = torch.optim.AdamW(net.parameters(), lr=0.03, weight_decay=0.01)
-    x = torch.from_numpy(norm.transform(tiny_digits["x_train"]))
-    y = torch.from_numpy(tiny_digits["y_train"])
-    for _ in range(50):
+    opt = torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=0.01)
+    x = torch.from_numpy(pre.transform(tiny_digits["x_train"]))
+    y = torch.from_numpy(target.encode(tiny_digits["y_train"]))
+    net.train()
+    for _ in range(25):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
     state = {k: v.detach().clone() for k, v in net.eval().state_dict().items()}
-    return spec.to_dict(), norm, state
+    return spec.to_dict(), pre, state
 
 
 @pytest.fixture
 def tiny_model(tmp_path: Path, tiny_digits: dict[str, np.ndarray], tiny_cnn: tuple) -> TinyModel:
-    """tmp_path/train (model.pt, model.json, normalizer.json) and tmp_path/processed (*.npz)."""
-    spec, norm, state = tiny_cnn
+    """tmp_path/train (model.pt, model.json, preprocessor.json) and tmp_path/processed."""
+    from models.preprocessing import save
+
+    spec, pre, state = tiny_cnn
     processed = tmp_path / "processed"
     train_dir = tmp_path / "train"
     processed.mkdir()
     train_dir.mkdir()
     np.savez(processed / "train.npz", x=tiny_digits["x_train"], y=tiny_digits["y_train"])
     np.savez(processed / "test.npz", x=tiny_digits["x_test"], y=tiny_digits["y_test"])
-    norm.save(processed / "normalizer.json")
-    norm.save(train_dir / "normalizer.json")
+    split = {
+        "modality": "images",
+        "task": "classification",
+        "counts": {"train": N_TRAIN, "test": N_TEST},
+    }
+    (processed / "split.json").write_text(json.dumps(split, indent=2))
+    save(pre, processed / "preprocessor.json")
+    save(pre, train_dir / "preprocessor.json")
     meta = {
-        "arch": "cnn",
+        "arch": spec["arch"],
+        "task": "classification",
+        "modality": "images",
         "spec": spec,
-        "hyperparameters": {"lr": 0.03, **TINY_SPEC},
+        "hyperparameters": {"lr": 0.01},
         "mlflow_run_id": "",
         "best_epoch": 0,
     }

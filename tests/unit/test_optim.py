@@ -7,7 +7,13 @@ from models.module import ClassifierModule
 from models.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from tasks.config import ConfigError, load_config
 
-SPEC = {"channels": 4, "dropout": 0.0, "hidden": 8, "n_classes": 3}
+SPEC = {
+    "arch": "cnn",
+    "input_shape": [1, 8, 8],
+    "n_outputs": 3,
+    "dropout": 0.0,
+    "options": {"channels": 4, "hidden": 8},
+}
 
 
 def _loaders():

@@ -15,7 +15,16 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModelContext
 
-from models.pyfunc import NORMALIZER, SPEC, WEIGHTS, DigitsClassifier, pixel_columns
+from models.pyfunc import (
+    IMAGE,
+    PREDICTION,
+    PREPROCESSOR,
+    SPEC,
+    WEIGHTS,
+    DlopsModel,
+    encode_png,
+    to_model_input,
+)
 from tasks import promote, register, tracking
 from tasks.config import Config, load_config
 
@@ -32,7 +41,7 @@ def make_cfg(tmp_path: Path, *extra: str) -> Config:
             f"paths.processed_dir={tmp_path / 'processed'}",
             f"register.model_name={NAME}",
             "register.experiment=unit",
-            "promote.min_score=0.5",
+            "promote.threshold=0.5",
             *extra,
         ],
     )
@@ -57,7 +66,8 @@ def zeroed(state: dict) -> dict:
 def nudged(state: dict, eps: float = 1e-7) -> dict:
     """Different bytes (a new hash), the same predictions."""
     out = {k: v.clone() for k, v in state.items()}
-    out["head.5.bias"][0] += eps
+    last_bias = [k for k in out if k.startswith("head.") and k.endswith(".bias")][-1]
+    out[last_bias][0] += eps
     return out
 
 
@@ -111,27 +121,30 @@ start = time.perf_counter()
 model = mlflow.pyfunc.load_model("models:/{name}@champion")
 seconds = time.perf_counter() - start
 import models.networks
+from models.pyfunc import encode_png, to_model_input
 x = np.load("{test_npz}")["x"][:7]
-frame = model.predict(pd.DataFrame(x, columns=[f"pixel_{{i}}" for i in range(64)]))
+frame = model.predict(pd.DataFrame({{"image": [encode_png(img) for img in x]}}))
+lists = model.predict(to_model_input("images", x))
 array = model.unwrap_python_model().predict(None, x)
 try:
-    model.predict(x)
-    wrapped_array_error = ""
+    model.predict(pd.DataFrame({{"img": list(x)}}))
+    missing_column_error = ""
 except mlflow.exceptions.MlflowException as exc:
-    wrapped_array_error = str(exc)[str(exc).rfind("Error: "):][:200]
+    missing_column_error = str(exc)[str(exc).rfind("Error: "):][:200]
 print(json.dumps({{
     "seconds": seconds,
     "networks": models.networks.__file__,
     "frame": frame.to_dict(orient="list"),
     "frame_dtypes": {{c: str(t) for c, t in frame.dtypes.items()}},
+    "lists": lists.to_dict(orient="list"),
     "array": array.to_dict(orient="list"),
-    "wrapped_array_error": wrapped_array_error,
+    "missing_column_error": missing_column_error,
 }}))
 """
 
 
 @pytest.mark.slow
-def test_champion_predicts_raw_rows_in_a_fresh_process(tmp_path, tiny_model, sqlite_mlflow):
+def test_champion_predicts_raw_images_in_a_fresh_process(tmp_path, tiny_model, sqlite_mlflow):
     cfg = make_cfg(tmp_path)
     reg = register_weights(tiny_model, cfg)
     assert promote.run(cfg, NAME, reg.version).promoted
@@ -149,30 +162,31 @@ def test_champion_predicts_raw_rows_in_a_fresh_process(tmp_path, tiny_model, sql
     assert Path(out["networks"]).is_relative_to(tmp_path / "mlartifacts")
     assert "/code/models/" in out["networks"]
     frame = pd.DataFrame(out["frame"])
-    assert list(frame.columns) == ["prediction", *PROBA]
-    assert out["frame_dtypes"]["prediction"] == "int64"
+    assert list(frame.columns) == [PREDICTION, *PROBA]
+    assert out["frame_dtypes"][PREDICTION] == "int64"
     assert all(out["frame_dtypes"][c] == "float64" for c in PROBA)
     np.testing.assert_allclose(frame[PROBA].sum(axis=1), 1.0, atol=1e-6)
-    assert (frame["prediction"] == frame[PROBA].to_numpy().argmax(axis=1)).all()
+    assert (frame[PREDICTION] == frame[PROBA].to_numpy().argmax(axis=1)).all()
+    # PNG text, nested pixel lists and (through unwrap) a plain uint8 array: the same outputs.
+    pd.testing.assert_frame_equal(pd.DataFrame(out["lists"]), frame)
     pd.testing.assert_frame_equal(pd.DataFrame(out["array"]), frame)
-    # The same numbers as the network run directly on normalized rows.
-    assert frame["prediction"].tolist() == direct_predictions(tiny_model, 7)
-    # MLflow's wrapper enforces the named-column signature: plain arrays go through unwrap.
-    assert out["wrapped_array_error"].startswith("Error: Model is missing inputs ['pixel_0',")
+    # The same numbers as the network run directly on the preprocessed images.
+    assert frame[PREDICTION].tolist() == direct_predictions(tiny_model, 7)
+    # MLflow's wrapper enforces the signature's `image` column.
+    assert out["missing_column_error"].startswith("Error: Model is missing inputs ['image']")
 
 
 def direct_predictions(tiny_model, n: int) -> list[int]:
-    """Predictions of the network run directly on the normalized first n test rows."""
-    from models.networks import CNNSpec, build_network
-    from models.preprocessing import Normalizer
+    """Predictions of the network run directly on the preprocessed first n test images."""
+    from models.networks import load_network
+    from models.preprocessing import load
 
-    meta = json.loads((tiny_model.train_dir / "model.json").read_text())
-    norm = Normalizer.load(tiny_model.train_dir / "normalizer.json")
-    net = build_network(CNNSpec(**meta["spec"]))
-    net.load_state_dict(tiny_model.state)
+    d = tiny_model.train_dir
+    pre = load(d / "preprocessor.json")
+    net = load_network(d / "model.json", d / "model.pt")
     with torch.inference_mode():
-        logits = net.eval()(torch.from_numpy(norm.transform(tiny_model.x_test[:n])))
-    return logits.argmax(1).tolist()
+        logits = net(torch.from_numpy(pre.transform(tiny_model.x_test[:n])))
+    return pre.target.decode(logits.argmax(1).numpy()).tolist()
 
 
 def test_promotion_gate(tmp_path, tiny_model, sqlite_mlflow):
@@ -197,7 +211,7 @@ def test_promotion_gate(tmp_path, tiny_model, sqlite_mlflow):
 
     # A worse challenger (zeroed weights predict class 0 everywhere) above a zero floor.
     v2 = register_weights(tiny_model, make_cfg(tmp_path), zeroed(tiny_model.state))
-    worse = promote.run(make_cfg(tmp_path, "promote.min_score=0.0"), NAME, v2.version)
+    worse = promote.run(make_cfg(tmp_path, "promote.threshold=0.0"), NAME, v2.version)
 
     zero_acc = float(np.mean(tiny_model.y_test == 0))
     assert not worse.promoted
@@ -217,12 +231,12 @@ def test_promotion_gate(tmp_path, tiny_model, sqlite_mlflow):
     assert tags[promote.TAG_CHAMPION_VERSION] == "1"
 
     # Judged once: a re-run (even with a gate that would now pass it) returns the record.
-    assert promote.run(make_cfg(tmp_path, "promote.min_score=0.0"), NAME, "2") == worse
+    assert promote.run(make_cfg(tmp_path, "promote.threshold=0.0"), NAME, "2") == worse
     assert promote.run(cfg, NAME, "1").promoted
 
     # Below the floor: rejected, and the reason names the floor.
     v3 = register_weights(tiny_model, cfg, nudged(tiny_model.state))
-    low = promote.run(make_cfg(tmp_path, "promote.min_score=0.99"), NAME, v3.version)
+    low = promote.run(make_cfg(tmp_path, "promote.threshold=0.99"), NAME, v3.version)
 
     assert not low.promoted and low.champion_version == "1"
     assert low.reason == f"not promoted: accuracy {low.new_score:.4f} below the floor 0.99"
@@ -267,57 +281,98 @@ def test_score_rejects_unknown_metric():
         promote.score("mse", np.array([0]), preds)
 
 
+def test_decide_lower_is_better():
+    # rmse: the bound is a ceiling, lower is better, "no worse" is <=.
+    assert promote.decide("rmse", 0.5, 0.4, None, None) == (
+        False,
+        "not promoted: rmse 0.5000 above the ceiling 0.4",
+    )
+    assert promote.decide("rmse", 0.4, 0.4, None, None) == (
+        True,
+        "promoted: rmse 0.4000 <= ceiling 0.4 and no champion yet",
+    )
+    assert promote.decide("rmse", 0.3, 0.4, "2", 0.3) == (
+        True,
+        "promoted: rmse 0.3000 <= ceiling 0.4 and <= champion v2 0.3000",
+    )
+    assert promote.decide("rmse", 0.31, 0.4, "2", 0.3) == (
+        False,
+        "not promoted: rmse 0.3100 > champion v2 0.3000",
+    )
+    assert promote.decide("mae", 9.0, None, "1", 10.0) == (
+        True,
+        "promoted: mae 9.0000 <= champion v1 10.0000",
+    )
+    assert promote.decide("rmse", 7.0, None, None, None) == (
+        True,
+        "promoted: rmse 7.0000 no champion yet",
+    )
+
+
 @pytest.fixture
-def classifier(tiny_model) -> DigitsClassifier:
+def classifier(tiny_model) -> DlopsModel:
     """The pyfunc class loaded from the tiny model folder, as MLflow's loader would."""
     d = tiny_model.train_dir
     artifacts = {
         WEIGHTS: str(d / "model.pt"),
         SPEC: str(d / "model.json"),
-        NORMALIZER: str(d / "normalizer.json"),
+        PREPROCESSOR: str(d / "preprocessor.json"),
     }
-    model = DigitsClassifier()
+    model = DlopsModel()
     model.load_context(PythonModelContext(artifacts=artifacts, model_config={}))
     return model
 
 
-def test_predict_accepts_frame_array_and_list(classifier, tiny_model):
+def test_predict_accepts_png_text_bytes_and_pixel_lists(classifier, tiny_model):
+    import base64
+
     x = tiny_model.x_test[:5]
-    frame = pd.DataFrame(x, columns=pixel_columns())
-    # Column order does not matter and extra columns are ignored.
-    shuffled = frame[pixel_columns()[::-1]].assign(label=tiny_model.y_test[:5])
+    png_text = [encode_png(img) for img in x]
+    # Extra columns are ignored.
+    frame = pd.DataFrame({IMAGE: png_text, "label": tiny_model.y_test[:5]})
 
     out = classifier.predict(None, frame)
 
-    assert list(out.columns) == ["prediction", *PROBA]
-    assert out["prediction"].dtype == np.int64
+    assert list(out.columns) == [PREDICTION, *PROBA]
+    assert out[PREDICTION].dtype == np.int64
     np.testing.assert_allclose(out[PROBA].sum(axis=1), 1.0, atol=1e-6)
+    assert out[PREDICTION].tolist() == direct_predictions(tiny_model, 5)
+    png_bytes = pd.DataFrame({IMAGE: [base64.b64decode(t) for t in png_text]})
+    lists_8x8 = pd.DataFrame({IMAGE: [img[:, :, 0].tolist() for img in x]})
+    pd.testing.assert_frame_equal(classifier.predict(None, png_bytes), out)
+    pd.testing.assert_frame_equal(classifier.predict(None, lists_8x8), out)
+    pd.testing.assert_frame_equal(classifier.predict(None, to_model_input("images", x)), out)
     pd.testing.assert_frame_equal(classifier.predict(None, x), out)
-    pd.testing.assert_frame_equal(classifier.predict(None, x.tolist()), out)
-    pd.testing.assert_frame_equal(classifier.predict(None, shuffled), out)
+
+
+@pytest.mark.parametrize(
+    ("cells", "message"),
+    [
+        (["not an image"], r"^image 0: text that is not base64 of an encoded image$"),
+        ([b"not a png"], r"^image 0: cannot decode image \("),
+        ([{"a": 1}], r"^image 0: not an image \(expected bytes or a pixel array\)$"),
+        ([[[float("nan")] * 8] * 8], r"^image 0: pixel array is empty or holds NaN"),
+        ([np.zeros((8, 8, 2)).tolist()], r"^image 0: expected an \(H, W\) or \(H, W, 1\|3\|4\)"),
+        ([np.zeros((8, 8)).tolist(), "x"], r"^image 1: text that is not base64"),
+    ],
+)
+def test_predict_rejects_a_cell_that_is_not_an_image(classifier, cells, message):
+    with pytest.raises(ValueError, match=message) as info:
+        classifier.predict(None, pd.DataFrame({IMAGE: cells}))
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
         (
-            np.zeros((2, 63)),
-            r"expected the 64 pixel columns pixel_0\.\.pixel_63 .*shape \(2, 63\)",
+            pd.DataFrame({"img": [np.zeros((8, 8)).tolist()]}),
+            r"expected a DataFrame with a 'image' column; got columns \['img'\]",
         ),
-        (np.zeros(64), r"expected the 64 pixel columns pixel_0\.\.pixel_63 .*shape \(64,\)"),
-        (
-            pd.DataFrame(np.zeros((2, 63)), columns=[f"pixel_{i}" for i in range(63)]),
-            r"pixel_0\.\.pixel_63; the DataFrame lacks 1 of them \(pixel_63\)",
-        ),
-        (
-            pd.DataFrame(np.zeros((2, 64))),
-            r"lacks 64 of them \(pixel_0, pixel_1, pixel_2, \.\.\.\)",
-        ),
-        (np.full((1, 64), np.nan), "pixel_0..pixel_63; the input holds NaN or infinite values"),
-        ([["a"] * 64], "pixel_0..pixel_63 holding numbers"),
+        (pd.DataFrame({IMAGE: []}), "no rows to predict"),
     ],
 )
-def test_predict_rejects_bad_input(classifier, bad, message):
+def test_predict_rejects_bad_frames(classifier, bad, message):
     with pytest.raises(ValueError, match=message) as info:
         classifier.predict(None, bad)
     assert "\n" not in str(info.value)
@@ -329,10 +384,16 @@ def test_registered_model_rejects_missing_columns(tmp_path, tiny_model, sqlite_m
     cfg = make_cfg(tmp_path)
     reg = register_weights(tiny_model, cfg)
     model = mlflow.pyfunc.load_model(reg.model_uri)
-    frame = pd.DataFrame(tiny_model.x_test[:2], columns=pixel_columns()).drop(columns="pixel_63")
+    frame = pd.DataFrame({"img": [encode_png(img) for img in tiny_model.x_test[:2]]})
 
-    with pytest.raises(MlflowException, match=r"Model is missing inputs \['pixel_63'\]"):
+    with pytest.raises(MlflowException, match=r"Model is missing inputs \['image'\]"):
         model.predict(frame)
+    # The logged input example: two test images as base64 PNG text.
+    example = model.input_example
+    assert list(example.columns) == [IMAGE] and len(example) == 2
+    pd.testing.assert_frame_equal(
+        model.predict(example), model.predict(frame.rename(columns={"img": IMAGE}))
+    )
 
 
 def test_cli_entry_points_and_champion_shortcut(
@@ -349,7 +410,7 @@ def test_cli_entry_points_and_champion_shortcut(
             f"paths.processed_dir={tiny_model.processed_dir}",
             f"register.model_name={NAME}",
             "register.experiment=unit",
-            "promote.min_score=0.5",
+            "promote.threshold=0.5",
         ],
     )
     tiny_model.write_weights(run_id=training_run())

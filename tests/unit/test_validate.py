@@ -1,11 +1,12 @@
-"""tasks.validate on real Great Expectations, a slice of the digits and a SQLite MLflow store."""
+"""tasks.validate on real Great Expectations: tiny tables, images and sequences built here."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,271 +14,730 @@ import pytest
 
 from tasks import tracking
 from tasks import validate as validate_mod
-from tasks.config import Config, load_config
-from tasks.ingest import load_digits_frame
+from tasks.config import Config, load_config, write_overrides
+from tasks.sources import Manifest
 from tasks.validate import DataValidationError, ValidateResult, run
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
-N_ROWS = 300  # 29..32 rows per class
-MIN_ROWS = 200
-MIN_PER_CLASS = 20
+MIN_ROWS = 20
+MIN_PER_CLASS = 5
+N_ROWS = 60
+SHA = "0" * 64  # the manifest's hash of the source: copied into result.json
 
 
-@pytest.fixture(scope="module")
-def digits() -> pd.DataFrame:
-    return load_digits_frame().head(N_ROWS).copy()
+def overrides(tmp: Path, source: str, *extra: str) -> list[str]:
+    return [
+        f"paths.raw_dir={tmp / 'raw'}",
+        f"paths.suites_dir={tmp / 'suites'}",
+        f"paths.validation_dir={tmp / 'validation'}",
+        f"data.source={source}",
+        f"validate.min_rows={MIN_ROWS}",
+        f"validate.min_rows_per_class={MIN_PER_CLASS}",
+        *extra,
+    ]
 
 
-def make_cfg(tmp_path: Path) -> Config:
-    return load_config(
-        PARAMS,
-        overrides=[
-            f"paths.raw={tmp_path / 'raw.csv'}",
-            f"paths.validation_dir={tmp_path / 'validation'}",
-            f"validate.min_rows={MIN_ROWS}",
-            f"validate.min_rows_per_class={MIN_PER_CLASS}",
-        ],
-    )
+def make_cfg(tmp: Path, source: str, *extra: str) -> Config:
+    return load_config(PARAMS, overrides=overrides(tmp, source, *extra))
 
 
-def write(cfg: Config, frame: pd.DataFrame) -> Path:
-    path = Path(cfg.paths.raw)
-    frame.to_csv(path, index=False)
-    return path
-
-
-def report(cfg: Config) -> dict:
+def report(cfg: Config) -> dict[str, Any]:
     return json.loads((Path(cfg.paths.validation_dir) / "result.json").read_text())
 
 
-def test_valid_frame_passes(tmp_path: Path, digits: pd.DataFrame) -> None:
-    cfg = make_cfg(tmp_path)
-    raw = write(cfg, digits)
+def suite_file(cfg: Config) -> Path:
+    return Path(cfg.paths.suites_dir) / f"{cfg.data.name}.json"
 
+
+def fails(cfg: Config, **kwargs: Any) -> DataValidationError:
+    """Run, expect a DataValidationError, check that its message is one line."""
+    with pytest.raises(DataValidationError) as info:
+        run(cfg, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("validation failed for ")
+    return info.value
+
+
+# -- tables ------------------------------------------------------------------------------------
+
+
+def base_table(n: int = N_ROWS) -> pd.DataFrame:
+    """Ints, floats with nulls, a categorical with a null, and a balanced cat/dog label."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(20, 60, n),
+            "income": rng.normal(50.0, 10.0, n).round(2),
+            "city": rng.choice(["paris", "rome", "oslo"], n),
+            "label": np.where(np.arange(n) % 2 == 0, "cat", "dog"),
+        }
+    )
+    frame["income"] = frame["income"].astype(float)
+    frame.loc[::6, "income"] = np.nan  # 1 in 6 null
+    frame.loc[1, "city"] = None
+    return frame
+
+
+def table_cfg(tmp: Path, frame: pd.DataFrame, task: str = "classification", *extra: str):
+    """Write raw/data.csv and its manifest; the config that validates it."""
+    raw = tmp / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(raw / "data.csv", index=False)
+    classes = sorted(frame["label"].dropna().unique().tolist()) if task == "classification" else []
+    Manifest(
+        name="people",
+        modality="tables",
+        task=task,
+        source="/somewhere/people.csv",
+        sha256=SHA,
+        file="data.csv",
+        rows=len(frame),
+        target="label",
+        classes=classes,
+    ).save(raw)
+    return make_cfg(tmp, "/somewhere/people.csv", "data.target=label", *extra)
+
+
+@pytest.fixture(scope="module")
+def table_suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The suite inferred from the base table (one GX run for all the enforcement cases)."""
+    tmp = tmp_path_factory.mktemp("table_suite")
+    cfg = table_cfg(tmp, base_table())
     result = run(cfg)
+    assert result.success and result.suite_inferred
+    return {"path": suite_file(cfg), "result": result, "report": report(cfg), "cfg": cfg}
 
-    assert isinstance(result, ValidateResult)
-    assert result.success and result.failed == []
-    assert result.result_path == tmp_path / "validation" / "result.json"
-    assert result.docs_path == tmp_path / "validation" / "html" / "index.html"
-    assert result.docs_path.is_file()
-    assert "Great Expectations" in result.docs_path.read_text()
-    # one validation page, nothing left over from the atomic swap of the docs folder
-    assert len(list((tmp_path / "validation" / "html" / "validations").rglob("*.html"))) == 1
-    assert sorted(p.name for p in (tmp_path / "validation").iterdir()) == ["html", "result.json"]
-    # columns + rows + 65 not-null + 64 pixel ranges + label set + 10 per-class counts
-    assert result.n_expectations == 1 + 1 + 65 + 64 + 1 + 10
+
+def test_table_suite_is_inferred_saved_then_enforced(
+    tmp_path: Path, table_suite: dict[str, Any]
+) -> None:
+    import great_expectations as gx
+
+    first: ValidateResult = table_suite["result"]
+    cfg = table_cfg(tmp_path, base_table())
+    path = suite_file(cfg)
+    assert first.suite_path.name == "people.json" and first.suite_inferred is True
+
+    # The saved suite is GX's own JSON: it loads back into an ExpectationSuite as it is.
+    saved = json.loads(table_suite["path"].read_text())
+    suite = gx.ExpectationSuite(
+        name=saved["name"], expectations=saved["expectations"], meta=saved["meta"]
+    )
+    assert saved["name"] == "people" and len(suite.expectations) == first.n_expectations
+    assert saved["meta"]["dlops"]["modality"] == "tables"
+    assert saved["meta"]["dlops"]["inferred_from"]["sha256"] == SHA
+    by_kind = {(e["type"], e["kwargs"].get("column")): e["kwargs"] for e in saved["expectations"]}
+    assert by_kind[("expect_table_columns_to_match_ordered_list", None)]["column_list"] == [
+        "age",
+        "income",
+        "city",
+        "label",
+    ]
+    assert by_kind[("expect_column_values_to_be_in_set", "city")]["value_set"] == [
+        "oslo",
+        "paris",
+        "rome",
+    ]
+    # observed null share 10/60 + null_slack 0.05
+    assert by_kind[("expect_column_values_to_not_be_null", "income")]["mostly"] == pytest.approx(
+        1 - (10 / 60 + 0.05), abs=1e-6
+    )
+    assert "mostly" not in by_kind[("expect_column_values_to_not_be_null", "label")]
+    assert "int64" in by_kind[("expect_column_values_to_be_in_type_list", "age")]["type_list"]
+    assert "float64" in by_kind[("expect_column_values_to_be_in_type_list", "age")]["type_list"]
+    assert by_kind[("expect_column_values_to_be_in_type_list", "city")]["type_list"] == ["str"]
+    assert by_kind[("expect_column_distinct_values_to_equal_set", "label")]["value_set"] == [
+        "cat",
+        "dog",
+    ]
+
+    # A second run (here: a copy of the committed suite) enforces it and leaves it untouched.
+    path.parent.mkdir(parents=True)
+    shutil.copy(table_suite["path"], path)
+    before = path.read_text()
+    second = run(cfg)
+    assert second.success and second.failed == [] and second.suite_inferred is False
+    assert second.suite_path == path and path.read_text() == before
+    assert second.n_expectations == first.n_expectations
 
     rep = report(cfg)
-    assert rep["success"] is True
-    assert rep["failed"] == []
-    assert rep["statistics"]["evaluated_expectations"] == result.n_expectations
-    assert rep["statistics"]["successful_expectations"] == result.n_expectations
+    assert rep["success"] is True and rep["failed"] == []
+    assert rep["suite"] == str(path) and rep["suite_inferred"] is False
+    assert rep["raw_sha256"] == SHA and rep["raw_path"] == str(tmp_path / "raw" / "data.csv")
+    assert rep["rows"] == N_ROWS and rep["modality"] == "tables"
+    assert rep["per_class_counts"] == {"cat": 30, "dog": 30}
+    assert rep["statistics"]["evaluated_expectations"] == second.n_expectations
     assert rep["statistics"]["unsuccessful_expectations"] == 0
-    expected_counts = digits["label"].value_counts()
-    assert rep["per_class_counts"] == {str(k): int(expected_counts[k]) for k in range(10)}
-    assert rep["raw_path"] == str(raw)
-    assert rep["raw_sha256"] == hashlib.sha256(raw.read_bytes()).hexdigest()
-    assert rep["rows"] == N_ROWS
-    assert len(rep["expectations"]) == result.n_expectations
-    rows = next(
-        e for e in rep["expectations"] if e["name"] == "expect_table_row_count_to_be_between"
+    names = [e["name"] for e in rep["expectations"]]
+    assert len(names) == second.n_expectations
+    assert {
+        "expect_column_values_to_be_between(age)",
+        "min_classes(label)",
+        "min_rows_per_class(label == cat)",
+        "min_class_share(label == dog)",
+        "max_class_share(label == dog)",
+    } <= set(names)
+    per_class = next(
+        e for e in rep["expectations"] if e["name"] == "min_rows_per_class(label == cat)"
     )
-    assert rows["observed_value"] == N_ROWS and rows["success"] is True
-    in_set = next(
-        e for e in rep["expectations"] if e["type"] == "expect_column_values_to_be_in_set"
-    )
-    assert in_set["column"] == "label" and in_set["unexpected_count"] == 0
+    assert per_class["observed_value"] == 30 and per_class["row_condition"] == "label == cat"
+    # The Data Docs: one validation page, nothing left over from the atomic swap.
+    assert second.docs_path == tmp_path / "validation" / "html" / "index.html"
+    assert "Great Expectations" in second.docs_path.read_text()
+    pages = list((tmp_path / "validation" / "html" / "validations").rglob("*.html"))
+    assert len(pages) == 1
+    assert sorted(p.name for p in (tmp_path / "validation").iterdir()) == ["html", "result.json"]
+
+
+def _rename(f: pd.DataFrame) -> pd.DataFrame:
+    return f.rename(columns={"city": "town"})
+
+
+def _new_category(f: pd.DataFrame) -> pd.DataFrame:
+    f.loc[4, "city"] = "lima"
+    return f
 
 
 def _out_of_range(f: pd.DataFrame) -> pd.DataFrame:
-    f.loc[[3, 7], "pixel_3"] = [17, -1]
+    f.loc[[3, 7], "age"] = [500, -40]
     return f
 
 
-def _null(f: pd.DataFrame) -> pd.DataFrame:
-    f["pixel_10"] = f["pixel_10"].astype(float)
-    f.loc[5, "pixel_10"] = np.nan
+def _more_nulls(f: pd.DataFrame) -> pd.DataFrame:
+    f.loc[:29, "income"] = np.nan
     return f
 
 
-def _unknown_label(f: pd.DataFrame) -> pd.DataFrame:
-    f.loc[0, "label"] = 11
+def _type_changed(f: pd.DataFrame) -> pd.DataFrame:
+    f["age"] = f["age"].astype(str) + " years"
     return f
 
 
-def _class_below_minimum(f: pd.DataFrame) -> pd.DataFrame:
-    threes = f.index[f["label"] == 3]
-    return f.drop(index=threes[4:])
+def _class_missing(f: pd.DataFrame) -> pd.DataFrame:
+    f.loc[f["label"] == "dog", "label"] = "cat"
+    return f
 
 
-CASES = {
+def _new_class(f: pd.DataFrame) -> pd.DataFrame:
+    f.loc[[0, 2], "label"] = "cow"
+    return f
+
+
+def _column_added(f: pd.DataFrame) -> pd.DataFrame:
+    f["extra"] = 1
+    return f
+
+
+def _imbalance(f: pd.DataFrame) -> pd.DataFrame:
+    # 54 cats, 6 dogs: dog's share 10% < 50% x (1 - 0.5)
+    f.loc[f.index[f["label"] == "dog"][6:], "label"] = "cat"
+    return f
+
+
+ENFORCED = {
+    "renamed_column": (
+        _rename,
+        [
+            "expect_table_columns_to_match_ordered_list: missing columns ['city'], unexpected "
+            "columns ['town']",
+            "expect_column_values_to_be_in_set(city): no column 'city'",
+        ],
+    ),
+    "column_added": (
+        _column_added,
+        ["expect_table_columns_to_match_ordered_list: unexpected columns ['extra']"],
+    ),
+    "new_category": (
+        _new_category,
+        ["expect_column_values_to_be_in_set(city): 1 value not in the expected set: lima"],
+    ),
     "out_of_range": (
         _out_of_range,
-        "expect_column_values_to_be_between(pixel_3)",
-        "expect_column_values_to_be_between(pixel_3): 2 unexpected values",
+        ["expect_column_values_to_be_between(age): 2 values not in [16, 63]: -40, 500"],
     ),
-    "null": (
-        _null,
-        "expect_column_values_to_not_be_null(pixel_10)",
-        "expect_column_values_to_not_be_null(pixel_10): 1 null",
+    "more_nulls": (
+        _more_nulls,
+        ["expect_column_values_to_not_be_null(income): 35 nulls (58.3%), at most 21.7% allowed"],
     ),
-    "unknown_label": (
-        _unknown_label,
-        "expect_column_values_to_be_in_set(label)",
-        "expect_column_values_to_be_in_set(label): unexpected values [11]",
+    "type_changed": (
+        _type_changed,
+        [
+            "expect_column_values_to_be_in_type_list(age): 60 values not numeric: 20 years, "
+            "21 years, 23 years, 27 years, 30 years and 55 more",
+        ],
     ),
-    "too_few_rows": (
-        lambda f: f.head(150),
-        "expect_table_row_count_to_be_between",
-        f"expect_table_row_count_to_be_between: 150 rows, expected at least {MIN_ROWS}",
+    "class_missing": (
+        _class_missing,
+        [
+            "min_classes(label): 1 class, need at least 2",
+            "expect_column_distinct_values_to_equal_set(label): missing ['dog']",
+            f"min_rows_per_class(label == dog): 0 rows, expected at least {MIN_PER_CLASS}",
+        ],
     ),
-    "class_below_minimum": (
-        _class_below_minimum,
-        "expect_table_row_count_to_be_between(label == 3)",
-        "expect_table_row_count_to_be_between(label == 3): 4 rows, expected at least "
-        f"{MIN_PER_CLASS}",
+    "new_class": (
+        _new_class,
+        ["expect_column_distinct_values_to_equal_set(label): unexpected ['cow']"],
+    ),
+    "imbalance": (
+        _imbalance,
+        [
+            "min_class_share(label == dog): share 10.00% (6 of 60 rows), expected at least 25.00%",
+            "max_class_share(label == cat): share 90.00% (54 of 60 rows), expected at most 75.00%",
+        ],
     ),
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_frame_fails_with_report(tmp_path: Path, digits: pd.DataFrame, case: str) -> None:
-    corrupt, name, phrase = CASES[case]
-    cfg = make_cfg(tmp_path)
-    raw = write(cfg, corrupt(digits.copy()))
+@pytest.mark.parametrize("case", list(ENFORCED))
+def test_enforced_suite_rejects_a_changed_source(
+    tmp_path: Path, table_suite: dict[str, Any], case: str
+) -> None:
+    change, phrases = ENFORCED[case]
+    cfg = table_cfg(tmp_path, change(base_table()))
+    suite_file(cfg).parent.mkdir()
+    shutil.copy(table_suite["path"], suite_file(cfg))
 
-    with pytest.raises(DataValidationError) as info:
-        run(cfg)
+    error = fails(cfg)
 
-    message = str(info.value)
-    assert "\n" not in message
+    message = str(error)
+    raw = tmp_path / "raw" / "data.csv"
     assert message.startswith(f"validation failed for {raw}: ")
-    assert phrase in message
-    assert info.value.result is not None and name in info.value.result.failed
-    assert not info.value.result.success
-
+    for phrase in phrases:
+        assert phrase in message
+    result = error.result
+    assert result is not None and not result.success and result.suite_inferred is False
     rep = report(cfg)
-    assert rep["success"] is False
-    assert name in rep["failed"]
-    assert rep["statistics"]["unsuccessful_expectations"] == len(rep["failed"]) >= 1
-    entry = next(e for e in rep["expectations"] if e["name"] == name)
-    assert entry["success"] is False and entry["reason"] in message
-    # the Data Docs are the record too
-    assert (tmp_path / "validation" / "html" / "index.html").is_file()
+    assert rep["success"] is False and rep["failed"] == result.failed
+    assert rep["statistics"]["unsuccessful_expectations"] == len(result.failed)
+    for entry in rep["expectations"]:
+        assert ("reason" in entry) is (entry["name"] in result.failed)
+        if "reason" in entry and entry["name"] in message:
+            assert f"{entry['name']}: {entry['reason']}" in message
+    # The failure is not "learnt": the committed suite is unchanged.
+    assert suite_file(cfg).read_text() == table_suite["path"].read_text()
 
 
-def test_missing_column_fails_the_column_list_and_its_column(
-    tmp_path: Path, digits: pd.DataFrame
+def test_type_change_is_reported_value_by_value_for_text(
+    tmp_path: Path, table_suite: dict[str, Any]
 ) -> None:
-    cfg = make_cfg(tmp_path)
-    write(cfg, digits.drop(columns=["pixel_5"]))
+    frame = base_table()
+    frame["city"] = np.arange(N_ROWS)  # text column now holds numbers
+    cfg = table_cfg(tmp_path, frame)
+    suite_file(cfg).parent.mkdir()
+    shutil.copy(table_suite["path"], suite_file(cfg))
 
-    with pytest.raises(DataValidationError, match="pixel_5") as info:
-        run(cfg)
+    message = str(fails(cfg))
 
-    assert info.value.result.failed == [
-        "expect_table_columns_to_match_ordered_list",
-        "expect_column_values_to_not_be_null(pixel_5)",
-        "expect_column_values_to_be_between(pixel_5)",
-    ]
-    message = str(info.value)
-    assert "\n" not in message
-    assert "expect_table_columns_to_match_ordered_list: missing columns ['pixel_5']" in message
-    assert 'column "pixel_5" in BatchData does not exist' in message
-    rep = report(cfg)
-    assert rep["success"] is False and rep["failed"] == info.value.result.failed
+    assert "expect_column_values_to_be_in_type_list(city): type int64, expected str" in message
 
 
-def test_every_failure_is_listed_on_one_line(tmp_path: Path, digits: pd.DataFrame) -> None:
-    cfg = make_cfg(tmp_path)
-    raw = write(cfg, _unknown_label(_null(_out_of_range(digits.copy()))))
+def test_single_class_is_rejected_and_no_suite_is_inferred(tmp_path: Path) -> None:
+    frame = base_table()
+    frame["label"] = "cat"
+    cfg = table_cfg(tmp_path, frame)
 
-    with pytest.raises(DataValidationError) as info:
-        run(cfg)
+    error = fails(cfg)
 
-    assert str(info.value) == (
-        f"validation failed for {raw}: "
-        "expect_column_values_to_not_be_null(pixel_10): 1 null; "
-        "expect_column_values_to_be_between(pixel_3): 2 unexpected values; "
-        "expect_column_values_to_be_in_set(label): unexpected values [11]"
+    raw = tmp_path / "raw" / "data.csv"
+    assert str(error) == (
+        f"validation failed for {raw}: min_classes(label): 1 class, need at least 2 (only 'cat')"
     )
-    assert report(cfg)["statistics"]["unsuccessful_expectations"] == 3
+    assert error.result is None
+    assert not suite_file(cfg).exists()
 
 
-@pytest.mark.parametrize(
-    ("content", "problem"),
-    [
-        (None, "file not found"),
-        (b"", "file is empty"),
-        (b"\n\n", "file is empty"),
-        (b'pixel_0,label\n1,2,3\n"unterminated', "not a readable CSV"),
-    ],
-    ids=["missing", "empty", "blank", "unparseable"],
-)
-def test_unreadable_file_names_the_file(
-    tmp_path: Path, content: bytes | None, problem: str
+def test_too_few_rows_per_class_fails_and_saves_no_suite(tmp_path: Path) -> None:
+    frame = base_table()
+    dogs = frame.index[frame["label"] == "dog"]
+    frame = frame.drop(index=dogs[3:])  # 30 cats, 3 dogs
+
+    error = fails(cfg := table_cfg(tmp_path, frame))
+
+    assert f"min_rows_per_class(label == dog): 3 rows, expected at least {MIN_PER_CLASS}" in str(
+        error
+    )
+    assert error.result is not None and error.result.suite_inferred is True
+    assert "min_rows_per_class(label == dog)" in error.result.failed
+    assert "min_rows_per_class(label == cat)" not in error.result.failed
+    rep = report(cfg)
+    assert rep["per_class_counts"] == {"cat": 30, "dog": 3}
+    assert rep["suite_inferred"] is True and rep["suite_saved"] is False
+    # A suite learnt from data that fails is not saved: the next run infers again.
+    assert not suite_file(cfg).exists()
+
+
+def test_too_few_rows_and_the_message_is_capped(tmp_path: Path) -> None:
+    frame = base_table(12)
+    frame["label"] = ["cat", "dog", "cow", "pig", "emu", "owl"] * 2  # 2 rows per class
+
+    error = fails(cfg := table_cfg(tmp_path, frame))
+
+    message = str(error)
+    assert f"expect_table_row_count_to_be_between: 12 rows, expected at least {MIN_ROWS}" in (
+        message
+    )
+    assert len(error.result.failed) == 7  # rows + 6 classes below the minimum
+    assert message.endswith("; and 2 more (see result.json)")
+    assert message.count("min_rows_per_class(") == 4
+    assert report(cfg)["failed"] == error.result.failed
+
+
+def test_params_bounds_apply_to_an_enforced_suite(
+    tmp_path: Path, table_suite: dict[str, Any]
 ) -> None:
-    cfg = make_cfg(tmp_path)
-    raw = Path(cfg.paths.raw)
-    if content is not None:
-        raw.write_bytes(content)
+    cfg = table_cfg(tmp_path, base_table(), "classification", "validate.min_rows_per_class=40")
+    suite_file(cfg).parent.mkdir()
+    shutil.copy(table_suite["path"], suite_file(cfg))
 
-    with pytest.raises(DataValidationError) as info:
-        run(cfg)
+    error = fails(cfg)
 
-    message = str(info.value)
-    assert message.startswith(f"validation failed for {raw}: {problem}")
-    assert "\n" not in message
-    assert info.value.result is None
+    assert error.result.failed == [
+        "min_rows_per_class(label == cat)",
+        "min_rows_per_class(label == dog)",
+    ]
+    assert "min_rows_per_class(label == cat): 30 rows, expected at least 40" in str(error)
 
 
-def test_raw_path_argument_overrides_config(tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path)
-    other = tmp_path / "elsewhere.csv"
+def test_regression_table_checks_the_target_range(tmp_path: Path) -> None:
+    frame = base_table()
+    frame["label"] = np.linspace(0.0, 10.0, N_ROWS)
+    cfg = table_cfg(tmp_path, frame, "regression")
 
-    with pytest.raises(DataValidationError, match=f"^validation failed for {other}: file not"):
-        run(cfg, raw_path=other)
+    result = run(cfg)
+
+    assert result.success and result.suite_inferred
+    rep = report(cfg)
+    assert rep["task"] == "regression" and rep["per_class_counts"] == {}
+    names = {e["name"] for e in rep["expectations"]}
+    assert "expect_column_values_to_be_between(label)" in names
+    assert not any(n.startswith(("min_classes", "min_rows_per_class")) for n in names)
+
+    frame.loc[5, "label"] = 100.0
+    table_cfg(tmp_path, frame, "regression")
+    message = str(fails(cfg))
+    assert "expect_column_values_to_be_between(label): 1 value not in [-1, 11]: 100" in message
+
+
+# -- unreadable data and suites ------------------------------------------------------------------
+
+
+def test_missing_data_file_names_the_file(tmp_path: Path) -> None:
+    cfg = table_cfg(tmp_path, base_table())
+    (tmp_path / "raw" / "data.csv").unlink()
+
+    error = fails(cfg)
+
+    assert str(error) == f"validation failed for {tmp_path / 'raw' / 'data.csv'}: file not found"
+    assert error.result is None
+    assert not (tmp_path / "validation").exists()
+
+
+def test_missing_manifest_names_it(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, "/somewhere/people.csv", "data.target=label")
+
+    error = fails(cfg)
+
+    raw = tmp_path / "raw"
+    assert str(error) == (
+        f"validation failed for {raw}: {raw / 'manifest.json'}: no manifest; "
+        "run the ingest stage first"
+    )
+    assert error.result is None
+
+
+def test_unreadable_suite_names_it(tmp_path: Path) -> None:
+    cfg = table_cfg(tmp_path, base_table())
+    suite_file(cfg).parent.mkdir()
+    suite_file(cfg).write_text("{not json")
+
+    error = fails(cfg)
+
+    assert str(error).startswith(
+        f"validation failed for {tmp_path / 'raw' / 'data.csv'}: suite {suite_file(cfg)}: "
+        "not a readable JSON file ("
+    )
+    assert error.result is None
+
+
+def test_invalid_expectation_in_an_edited_suite_is_named(
+    tmp_path: Path, table_suite: dict[str, Any]
+) -> None:
+    cfg = table_cfg(tmp_path, base_table())
+    saved = json.loads(table_suite["path"].read_text())
+    saved["expectations"][2] = {"type": "expect_column_values_to_be_fancy", "kwargs": {}}
+    suite_file(cfg).parent.mkdir()
+    suite_file(cfg).write_text(json.dumps(saved))
+
+    error = fails(cfg)
+
+    assert str(error) == (
+        f"validation failed for {tmp_path / 'raw' / 'data.csv'}: suite {suite_file(cfg)}: "
+        "expectation 2 (expect_column_values_to_be_fancy) is not valid "
+        "(expect_column_values_to_be_fancy not found)"
+    )
+    assert error.result is None
+
+
+def test_suite_of_another_modality_is_refused(tmp_path: Path, table_suite: dict[str, Any]) -> None:
+    cfg = image_cfg(tmp_path, {"cat": [(8, 8, 1)] * 12, "dog": [(8, 8, 1)] * 12})
+    suite_file(cfg).parent.mkdir()
+    shutil.copy(table_suite["path"], suite_file(cfg))
+
+    error = fails(cfg)
+
+    assert str(error) == (
+        f"validation failed for {tmp_path / 'raw' / 'images'}: suite {suite_file(cfg)}: "
+        "inferred for tables data, the data is images (delete the suite to infer a new one)"
+    )
+
+
+# -- images ------------------------------------------------------------------------------------
+
+
+def write_png(path: Path, height: int, width: int, channels: int, seed: int = 0) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels).save(path)
+
+
+def image_cfg(tmp: Path, layout: dict[str, list[tuple[int, int, int]]]) -> Config:
+    """raw/images/<class>/<i>.png of the given (height, width, channels), and the manifest."""
+    raw = tmp / "raw"
+    shutil.rmtree(raw / "images", ignore_errors=True)
+    for cls, shapes in layout.items():
+        for i, shape in enumerate(shapes):
+            write_png(raw / "images" / cls / f"{i:03d}.png", *shape, seed=i)
+    Manifest(
+        name="pets",
+        modality="images",
+        task="classification",
+        source="/somewhere/pets",
+        sha256=SHA,
+        file="images",
+        rows=sum(len(s) for s in layout.values()),
+        classes=sorted(layout),
+    ).save(raw)
+    return make_cfg(tmp, "/somewhere/pets")
+
+
+# Two sizes, grayscale and RGB, in both classes.
+MIXED = [(8, 8, 1), (12, 10, 3)] * 6
+
+
+def test_images_of_two_sizes_and_modes_pass(tmp_path: Path) -> None:
+    cfg = image_cfg(tmp_path, {"cat": MIXED, "dog": MIXED})
+
+    result = run(cfg)
+
+    assert result.success and result.suite_inferred and result.n_expectations >= 10
+    rep = report(cfg)
+    assert rep["modality"] == "images" and rep["rows"] == 24
+    assert rep["per_class_counts"] == {"cat": 12, "dog": 12}
+    assert rep["corrupt_files"] == [] and rep["channels"] == [1, 3]
+    assert rep["height"] == [8, 12] and rep["width"] == [8, 10]
+    saved = json.loads(suite_file(cfg).read_text())
+    kinds = {(e["type"], e["kwargs"].get("column")): e["kwargs"] for e in saved["expectations"]}
+    assert kinds[("expect_column_values_to_be_in_set", "channels")]["value_set"] == [1, 3]
+    assert kinds[("expect_column_values_to_be_between", "height")]["min_value"] == 8
+    assert kinds[("expect_column_distinct_values_to_equal_set", "class")]["value_set"] == [
+        "cat",
+        "dog",
+    ]
+
+    # Enforced: a new class folder and a too small image fail, naming the file.
+    write_png(tmp_path / "raw" / "images" / "cat" / "tiny.png", 4, 8, 1)
+    for i in range(6):
+        write_png(tmp_path / "raw" / "images" / "cow" / f"{i}.png", 8, 8, 1)
+    message = str(fails(cfg))
+    assert "expect_column_distinct_values_to_equal_set(class): unexpected ['cow']" in message
+    assert (
+        "expect_column_values_to_be_between(height): 1 of 31 images are too small in height "
+        "(expected at least 8): cat/tiny.png"
+    ) in message
+    assert "expect_column_values_to_be_between(width)" not in message
+
+
+def test_corrupt_images_are_named(tmp_path: Path) -> None:
+    cfg = image_cfg(tmp_path, {"cat": MIXED, "dog": MIXED})
+    (tmp_path / "raw" / "images" / "cat" / "bad.png").write_bytes(b"not a png at all")
+    (tmp_path / "raw" / "images" / "dog" / "000.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+
+    error = fails(cfg)
+
+    images = tmp_path / "raw" / "images"
+    assert str(error) == (
+        f"validation failed for {images}: expect_column_values_to_be_in_set(decodes): "
+        "2 of 25 files do not decode: cat/bad.png, dog/000.png"
+    )
+    # Files that do not decode do not also fail the size or channel checks.
+    assert error.result.failed == ["expect_column_values_to_be_in_set(decodes)"]
+    rep = report(cfg)
+    assert rep["corrupt_files"] == ["cat/bad.png", "dog/000.png"]
+    entry = next(e for e in rep["expectations"] if e["name"] == rep["failed"][0])
+    assert entry["partial_unexpected_files"] == ["cat/bad.png", "dog/000.png"]
+    assert not suite_file(cfg).exists()
+
+
+# -- sequences ---------------------------------------------------------------------------------
+
+
+def seq_cfg(tmp: Path, x: np.ndarray, y: np.ndarray, **test: np.ndarray) -> Config:
+    raw = tmp / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    np.savez(raw / "data.npz", x=x, y=y, **test)
+    Manifest(
+        name="waves",
+        modality="sequences",
+        task="classification",
+        source="/somewhere/waves.npz",
+        sha256=SHA,
+        file="data.npz",
+        rows=len(x),
+        classes=sorted(np.unique(y).tolist()),
+        fixed_test=bool(test),
+    ).save(raw)
+    return make_cfg(tmp, "/somewhere/waves.npz")
+
+
+def waves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 1, (n, 16, 2)).astype(np.float32), np.arange(n) % 2
+
+
+def test_sequences_pass_then_a_shape_change_fails(tmp_path: Path) -> None:
+    x, y = waves(40)
+    xt, yt = waves(10, seed=1)
+    cfg = seq_cfg(tmp_path, x, y, x_test=xt, y_test=yt)
+
+    result = run(cfg)
+
+    assert result.success and result.suite_inferred
+    rep = report(cfg)
+    assert rep["rows"] == 50 and rep["splits"] == {"train": 40, "test": 10}
+    assert rep["shape"] == [16, 2] and rep["per_class_counts"] == {"0": 25, "1": 25}
+    saved = json.loads(suite_file(cfg).read_text())
+    kinds = {(e["type"], e["kwargs"].get("column")): e["kwargs"] for e in saved["expectations"]}
+    assert kinds[("expect_column_values_to_be_in_set", "length")]["value_set"] == [16]
+    assert kinds[("expect_column_distinct_values_to_equal_set", "split")]["value_set"] == [
+        "test",
+        "train",
+    ]
+
+    x2, _ = waves(40)
+    seq_cfg(tmp_path, x2[:, :12], y, x_test=xt[:, :12], y_test=yt)
+    message = str(fails(cfg))
+    assert "expect_column_values_to_be_in_set(length): 50 values not in the expected set: 12" in (
+        message
+    )
+
+
+def test_sequences_with_nan_or_inf_fail_naming_them(tmp_path: Path) -> None:
+    x, y = waves(40)
+    x[3, 5, 0] = np.nan
+    x[7, 0, 1] = np.inf
+
+    error = fails(seq_cfg(tmp_path, x, y))
+
+    message = str(error)
+    assert "expect_column_values_to_be_in_set(n_nan): 1 of 40 sequences hold NaN: train[3]" in (
+        message
+    )
+    assert (
+        "expect_column_values_to_be_in_set(n_inf): 1 of 40 sequences hold infinite values: "
+        "train[7]"
+    ) in message
+    assert error.result.failed == [
+        "expect_column_values_to_be_in_set(n_nan)",
+        "expect_column_values_to_be_in_set(n_inf)",
+    ]
+
+
+def test_sequences_out_of_range_fail(tmp_path: Path) -> None:
+    x, y = waves(40)
+    cfg = seq_cfg(tmp_path, x, y)
+    assert run(cfg).success
+
+    x[9] *= 100
+    seq_cfg(tmp_path, x, y)
+    message = str(fails(cfg))
+    assert "expect_column_values_to_be_between(max): 1 of 40 sequences are out of range" in message
+    assert ": train[9]" in message
+
+
+# -- MLflow and the command line -----------------------------------------------------------------
+
+
+def test_logs_report_docs_and_tag_to_mlflow(tmp_path: Path, sqlite_mlflow: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=sqlite_mlflow)
+    cfg = table_cfg(tmp_path, base_table())
+    good = tracking.start_run("exp", "validate")
+
+    assert run(cfg, mlflow_run_id=good).success
+
+    assert client.get_run(good).data.tags["validation.success"] == "true"
+    top = {a.path: a.is_dir for a in client.list_artifacts(good, "validation")}
+    assert top == {
+        "validation/result.json": False,
+        "validation/html": True,
+        "validation/people.json": False,  # the suite that was inferred (then enforced)
+    }
+    html = {a.path for a in client.list_artifacts(good, "validation/html")}
+    assert "validation/html/index.html" in html
+    logged = Path(client.download_artifacts(good, "validation/result.json", str(tmp_path)))
+    assert json.loads(logged.read_text())["success"] is True
+
+    bad = tracking.start_run("exp", "validate")
+    table_cfg(tmp_path, _new_category(base_table()))
+    with pytest.raises(DataValidationError, match=r"in_set\(city\)"):
+        run(cfg, mlflow_run_id=bad)
+    assert client.get_run(bad).data.tags["validation.success"] == "false"
+    logged = Path(client.download_artifacts(bad, "validation/result.json", str(tmp_path / "b")))
+    assert json.loads(logged.read_text())["failed"] == ["expect_column_values_to_be_in_set(city)"]
+
+    unreadable = tracking.start_run("exp", "validate")
+    (tmp_path / "raw" / "data.csv").unlink()
+    with pytest.raises(DataValidationError, match="file not found"):
+        run(cfg, mlflow_run_id=unreadable)
+    assert client.get_run(unreadable).data.tags["validation.success"] == "false"
+
+
+def _main(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setup: Callable[[], Any]) -> None:
+    shutil.copy(PARAMS, tmp_path / "params.yaml")
+    write_overrides(
+        tmp_path / "params.yaml",
+        overrides(tmp_path, "/somewhere/people.csv", "data.target=label"),
+    )
+    setup()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["validate"])
+    validate_mod.main()
 
 
 def test_main_exits_with_the_one_line_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _main(tmp_path, monkeypatch, lambda: None)
+
+    raw = tmp_path / "raw"
+    assert info.value.code == (
+        f"validation failed for {raw}: {raw / 'manifest.json'}: no manifest; "
+        "run the ingest stage first"
+    )
+
+
+def test_main_reports_the_inferred_suite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shutil.copy(PARAMS, tmp_path / "params.yaml")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.argv", ["validate"])
-    raw = load_config().paths.raw
+    _main(tmp_path, monkeypatch, lambda: table_cfg(tmp_path, base_table()))
 
-    with pytest.raises(SystemExit) as info:
-        validate_mod.main()
-
-    assert info.value.code == f"validation failed for {raw}: file not found"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("valid", [True, False], ids=["pass", "fail"])
-def test_logs_report_docs_and_tag_to_mlflow(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits: pd.DataFrame, valid: bool
-) -> None:
-    from mlflow import MlflowClient
-
-    monkeypatch.chdir(tmp_path)  # the local store keeps artifacts under ./mlartifacts
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = tracking.start_run("exp", "r")
-    cfg = make_cfg(tmp_path)
-    write(cfg, digits if valid else _unknown_label(digits.copy()))
-
-    if valid:
-        assert run(cfg, mlflow_run_id=run_id).success
-    else:
-        with pytest.raises(DataValidationError, match="in_set"):
-            run(cfg, mlflow_run_id=run_id)
-
-    client = MlflowClient(tracking_uri=tracking.tracking_uri())
-    assert client.get_run(run_id).data.tags["validation.success"] == str(valid).lower()
-    top = {a.path: a.is_dir for a in client.list_artifacts(run_id, "validation")}
-    assert top == {"validation/result.json": False, "validation/html": True}
-    html = {a.path for a in client.list_artifacts(run_id, "validation/html")}
-    assert "validation/html/index.html" in html
-    logged = Path(client.download_artifacts(run_id, "validation/result.json", str(tmp_path)))
-    assert json.loads(logged.read_text())["success"] is valid
+    out = capsys.readouterr().out
+    assert (
+        out.startswith("validate: ") and "expectations passed (suite inferred and saved: " in out
+    )
+    assert (tmp_path / "suites" / "people.json").is_file()
