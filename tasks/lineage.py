@@ -45,7 +45,12 @@ def collect(cfg: Config, flow_run_id: str | None = None) -> dict[str, str]:
     """Every lineage tag a registered version carries."""
     tags = {**git_info(), **dvc_hashes()}
     tags["params.hash"] = cfg.params_hash()
-    tags["augment.hash"] = cfg.section_hash("preprocess")
+    tags["augment.hash"] = cfg.section_hash("preprocess.augment")
+    manifest = Path(cfg.paths.raw_dir) / "manifest.json"
+    if manifest.is_file():
+        m = read_json(manifest)
+        for key in ("source", "sha256", "modality", "task"):
+            tags[f"data.{key}"] = str(m.get(key))
     best = Path(cfg.paths.best_params)
     if best.is_file():
         info = read_json(best)

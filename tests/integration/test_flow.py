@@ -116,7 +116,10 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     assert tags["dvc.preprocess.data/processed"] == processed_md5
     assert tags["validation.success"] == "true"
     assert tags["optuna.best_trial"] == "0" and tags["optuna.study"].startswith(NAME)
-    assert len(tags["params.hash"]) == 64
+    assert len(tags["params.hash"]) == 64 and len(tags["augment.hash"]) == 64
+    manifest = json.loads((root / "data/raw/manifest.json").read_text())
+    assert tags["data.source"] == "builtin:digits" and tags["data.sha256"] == manifest["sha256"]
+    assert (tags["data.modality"], tags["data.task"]) == ("images", "classification")
     assert tags["prefect.flow_run_id"] == first["flow_run_id"]
     assert tags["promotion.decision"] == "promoted"
 

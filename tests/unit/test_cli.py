@@ -40,3 +40,28 @@ def test_bad_override_is_rejected_before_anything_runs(workspace, capsys):
     assert capsys.readouterr().err.strip() == "dlops: params.yaml: train.max_epoch: unknown key"
     assert Path("params.yaml").read_text() == before
     assert not Path("data").exists() and not Path("mlflow.db").exists()
+
+
+def test_data_option_sets_an_absolute_source_and_infers_the_rest(workspace):
+    from flows.cli import data_overrides
+
+    assert data_overrides("pets") == [
+        f"data.source={(workspace / 'pets').resolve()}",
+        "data.modality=auto",
+        "data.task=auto",
+    ]
+    assert data_overrides("s3://bucket/x.csv")[0] == "data.source=s3://bucket/x.csv"
+    assert data_overrides(None) == []
+
+
+def test_data_option_with_an_unknown_suffix_is_rejected_in_one_line(workspace, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--data", "table.xlsx"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot infer the modality of" in err and "table.xlsx" in err and "\n" not in err
+
+
+def test_train_parses_resume():
+    args = build_parser().parse_args(["train", "--resume", "-S", "train.lr=0.01"])
+    assert args.resume is True and args.set == ["train.lr=0.01"]
