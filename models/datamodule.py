@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
 
 from models.preprocessing import Preprocessor, load, load_split
 
@@ -59,7 +59,16 @@ class DataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         data = self.datasets[split]
-        sampler = EpochSampler(len(data), self.seed) if shuffle else None
+        sampler: Sampler[int] | None = None
+        if shuffle and self.trainer is not None and self.trainer.world_size > 1:
+            # DDP: each process its shard of a (seed, epoch) shuffle. Lightning would wrap an
+            # EpochSampler in a non-shuffling DistributedSampler that never moves it past epoch 0.
+            t = self.trainer
+            sampler = DistributedSampler(
+                data, num_replicas=t.world_size, rank=t.global_rank, shuffle=True, seed=self.seed
+            )
+        elif shuffle:
+            sampler = EpochSampler(len(data), self.seed)
         return DataLoader(data, batch_size=self.batch_size, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:

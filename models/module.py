@@ -3,7 +3,8 @@
 Both share `TaskModule`: hyperparameters saved, the network built from its spec, augmentation
 on training batches, one shared step, the epoch's loss and headline metric accumulated per step
 and logged once per epoch, and the optimizer and LR schedule by name (models.optim). The RNG
-states travel in checkpoints, so a resumed training continues the uninterrupted one exactly.
+states travel in checkpoints, so a resumed training continues the uninterrupted one exactly, and
+so do the epoch's training metrics, which reach the logger only after the checkpoint is written.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from models.networks import NetSpec, build_network
 from models.optim import build_optimizer, build_scheduler
 
 RNG_KEY = "dlops_rng"
+EPOCH_METRICS_KEY = "dlops_train_metrics"
 
 
 class TaskModule(L.LightningModule):
@@ -58,6 +60,7 @@ class TaskModule(L.LightningModule):
         # Sums of (loss * rows, metric numerator, rows) per split, logged once per epoch: a
         # `self.log` per step costs more than the step itself on small models.
         self._sums: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
+        self._train_logged_epoch = -1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network's raw outputs for a batch of preprocessed inputs."""
@@ -99,6 +102,8 @@ class TaskModule(L.LightningModule):
         }
         self.log_dict(values, prog_bar=split == "val", sync_dist=True)
         sums.clear()
+        if split == "train":
+            self._train_logged_epoch = self.current_epoch
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """One optimization step."""
@@ -133,6 +138,12 @@ class TaskModule(L.LightningModule):
             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
             "python": random.getstate(),
         }
+        # Lightning writes the checkpoint at the end of a training epoch, before it hands that
+        # epoch's training metrics to the logger: a run killed in between logs them on resume.
+        if self._train_logged_epoch == checkpoint["epoch"]:
+            logged = self.trainer.callback_metrics  # reduced across processes under DDP
+            names = (LOSS["train"], HEADLINE[self.task]["train"])
+            checkpoint[EPOCH_METRICS_KEY] = {k: float(logged[k]) for k in names if k in logged}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the RNG states saved with the checkpoint."""

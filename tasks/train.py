@@ -3,7 +3,8 @@
 Checkpoints go to `paths.checkpoint_dir` while training: `last.ckpt` after every epoch (with the
 RNG states and a fingerprint of what is being trained) and `best.ckpt`. `--resume` (and the
 flow's retry of this task) continues from `last.ckpt` when its fingerprint matches, in the same
-MLflow run. `train.devices` > 1 runs Lightning DDP (gloo on CPU) and logs to one MLflow run.
+MLflow run, and ends with the metrics of the uninterrupted training. `train.devices` > 1 runs
+Lightning DDP (gloo on CPU; processes spawned by `run()` itself) and logs to one MLflow run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +134,7 @@ def make_trainer(
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*is an invalid version and will not be supported.*")
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     options: dict[str, Any] = {
         "accelerator": cfg.train.accelerator,
         "devices": cfg.train.devices,
@@ -176,7 +179,33 @@ def resumable(cfg: Config, print_fn: Any = log.info) -> tuple[Path | None, str |
     if saved.get("fingerprint") != fingerprint(cfg):
         print_fn(f"train: {last} belongs to other parameters or data; starting from scratch")
         return None, None
+    import torch
+
+    try:  # a copy cut short (temp file on another filesystem, disk full) does not load
+        torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        print_fn(f"train: {last} is unreadable ({type(exc).__name__}); starting from scratch")
+        return None, None
     return last, saved.get("run_id")
+
+
+def _log_checkpointed_epoch(run_id: str, state: dict[str, Any]) -> None:
+    """Log the checkpoint's epoch training metrics when the kill came before the logger did."""
+    from mlflow.entities import Metric
+
+    from models.module import EPOCH_METRICS_KEY
+
+    pending = state.get(EPOCH_METRICS_KEY) or {}
+    if not pending:
+        return
+    # Lightning logs epoch-end metrics at the epoch's last optimizer step.
+    step = int(state["global_step"]) - 1
+    c = tracking.client()
+    if any(m.step == step for m in c.get_metric_history(run_id, next(iter(pending)))):
+        return
+    now = int(time.time() * 1000)
+    values = {**pending, "epoch": float(state["epoch"])}
+    c.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
 
 def _log_inputs(cfg: Config, run_id: str) -> None:
@@ -225,6 +254,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
     dm = DataModule(cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed)
 
     run_id = _open_run(cfg, parent_run_id, resume_run)
+    resumed_epoch = None
     try:
         if last is None:
             _log_inputs(cfg, run_id)
@@ -234,6 +264,9 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             )
         else:
             tracking.client().set_tag(run_id, "dlops.resumed_from", str(last))
+            state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+            resumed_epoch = int(state["epoch"])
+            _log_checkpointed_epoch(run_id, state)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         write_json(ckpt_dir / FINGERPRINT, {"fingerprint": fingerprint(cfg), "run_id": run_id})
         logger = MLFlowLogger(
@@ -242,14 +275,11 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             tracking_uri=tracking.tracking_uri(),
             log_model=False,
         )
-        ckpt = ModelCheckpoint(
-            dirpath=ckpt_dir, filename=BEST, monitor=VAL_LOSS, mode="min", save_last=True
-        )
+        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename=BEST, monitor=VAL_LOSS, mode="min")
+        # every epoch: `save_last=True` writes only in epochs that improve val/loss (Lightning 2.6)
+        every = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False)
         stop = EarlyStopping(monitor=VAL_LOSS, mode="min", patience=cfg.train.patience)
-        trainer = make_trainer(cfg, cfg.train.max_epochs, [ckpt, stop], logger=logger)
-        resumed_epoch = None
-        if last is not None:
-            resumed_epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+        trainer = make_trainer(cfg, cfg.train.max_epochs, [ckpt, every, stop], logger=logger)
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
         best_path = Path(ckpt.best_model_path or ckpt_dir / f"{BEST}.ckpt")
         state = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -259,6 +289,9 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             if k.startswith("net.")
         }
         best_epoch = int(state["epoch"])
+        # under ddp_spawn this process's trainer does not count the epochs: last.ckpt does
+        last_ckpt = ckpt_dir / f"{LAST}.ckpt"
+        epochs = int(torch.load(last_ckpt, weights_only=True, mmap=True)["epoch"]) + 1
         module.net.load_state_dict(net_state)
         # re-score the best epoch in this process, without the logger (one point per epoch)
         scorer = make_trainer(
@@ -269,8 +302,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             torch.save(net_state, out / MODEL_WEIGHTS)
             shutil.copy(Path(cfg.paths.processed_dir) / PREPROCESSOR, out / PREPROCESSOR)
             shutil.copy(best_path, out / f"{BEST}.ckpt")
-            if (ckpt_dir / f"{LAST}.ckpt").is_file():
-                shutil.copy(ckpt_dir / f"{LAST}.ckpt", out / f"{LAST}.ckpt")
+            shutil.copy(last_ckpt, out / f"{LAST}.ckpt")
             write_json(
                 out / MODEL_SPEC,
                 {
@@ -290,7 +322,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             best_val_loss=float(val[VAL_LOSS]),
             best_val_metric=float(val[metric_name]),
             metric_name=metric_name,
-            epochs=int(trainer.current_epoch),
+            epochs=epochs,
             best_epoch=best_epoch,
             resumed_from_epoch=resumed_epoch,
         )

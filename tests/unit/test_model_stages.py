@@ -184,3 +184,17 @@ def test_regression_metrics_values():
     assert m["rmse"] == pytest.approx(np.sqrt(4 / 3))
     assert m["mae"] == pytest.approx(2 / 3)
     assert m["r2"] == pytest.approx(1 - 4 / 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mixed_precision_on_gpu(workspace):
+    cfg = prepare(
+        workspace,
+        "data.dataset=wine",
+        "train.accelerator=gpu",
+        "train.precision=16-mixed",
+    )
+    r = train.run(cfg)
+    assert np.isfinite(r.best_val_loss)
+    assert 0 <= evaluate.run(cfg).metrics["accuracy"] <= 1
