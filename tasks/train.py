@@ -10,6 +10,7 @@ Lightning DDP (gloo on CPU; processes spawned by `run()` itself) and logs to one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,48 @@ def strategy(cfg: Config) -> str:
         return t.strategy
     launched = "LOCAL_RANK" in os.environ or "SLURM_NTASKS" in os.environ
     return "ddp" if launched or t.accelerator == "gpu" else "ddp_spawn"
+
+
+LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "TORCHELASTIC_RUN_ID",
+    "SLURM_NTASKS",
+    "SLURM_JOB_NAME",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+)
+
+
+def launched_rank() -> int | None:
+    """This process's rank when a launcher (torchrun, SLURM) started several; else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"])
+    return None
+
+
+@contextlib.contextmanager
+def single_process() -> Iterator[None]:
+    """Leave the launcher's process group and hide its variables, for a one-device trainer.
+
+    Rank zero re-scores the best epoch alone after a torchrun/SLURM fit.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    saved = {k: os.environ.pop(k) for k in LAUNCHER_VARS if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def make_trainer(
@@ -246,6 +290,9 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
     info = data_info(cfg.paths.processed_dir)
     metric_name = HEADLINE[info["task"]]["val"]
     ckpt_dir = Path(cfg.paths.checkpoint_dir)
+    rank = launched_rank()
+    if rank:  # a torchrun/SLURM worker: trains its shard; rank zero logs and writes
+        return _worker(cfg, info, resume)
     last, resume_run = resumable(cfg, print) if resume else (None, None)
     if last is None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -294,10 +341,17 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
         epochs = int(torch.load(last_ckpt, weights_only=True, mmap=True)["epoch"]) + 1
         module.net.load_state_dict(net_state)
         # re-score the best epoch in this process, without the logger (one point per epoch)
-        scorer = make_trainer(
-            cfg, 1, [], enable_checkpointing=False, devices=1, strategy="auto", precision="32-true"
-        )
-        val = scorer.validate(module, datamodule=dm, verbose=False)[0]
+        with single_process() if rank is not None else contextlib.nullcontext():
+            scorer = make_trainer(
+                cfg,
+                1,
+                [],
+                enable_checkpointing=False,
+                devices=1,
+                strategy="auto",
+                precision="32-true",
+            )
+            val = scorer.validate(module, datamodule=dm, verbose=False)[0]
         with atomic_dir(cfg.paths.train_dir) as out:
             torch.save(net_state, out / MODEL_WEIGHTS)
             shutil.copy(Path(cfg.paths.processed_dir) / PREPROCESSOR, out / PREPROCESSOR)
@@ -347,6 +401,32 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
     return result
 
 
+def _worker(cfg: Config, info: dict[str, Any], resume: bool) -> TrainResult:
+    """A non-zero rank under torchrun or SLURM: the same fit, no MLflow run, no files."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from models.datamodule import DataModule
+    from models.metrics import HEADLINE, VAL_LOSS
+
+    last, _ = resumable(cfg, lambda _: None) if resume else (None, None)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = build_module(cfg, info, cfg.train.max_epochs)
+    dm = DataModule(cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    ckpt_dir = Path(cfg.paths.checkpoint_dir)
+    # the same callbacks as rank zero (their state is synchronized), which alone writes files
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename=BEST, monitor=VAL_LOSS, mode="min"),
+        ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False),
+        EarlyStopping(monitor=VAL_LOSS, mode="min", patience=cfg.train.patience),
+    ]
+    trainer = make_trainer(cfg, cfg.train.max_epochs, callbacks)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
+    nan = float("nan")
+    metric = HEADLINE[info["task"]]["val"]
+    return TrainResult(Path(cfg.paths.train_dir), "", nan, nan, metric, 0, -1, None)
+
+
 def main() -> None:
     """Entry point for `python -m tasks.train` (dvc.yaml); `--resume` continues a killed run."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -355,6 +435,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     r = run(load_config(), resume=args.resume)
+    if not r.run_id:  # a worker rank: rank zero reports
+        return
     print(
         f"train: best {r.metric_name} {r.best_val_metric:.4f} val/loss {r.best_val_loss:.4f} at "
         f"epoch {r.best_epoch} of {r.epochs}; MLflow run {r.run_id}"

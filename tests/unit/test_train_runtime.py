@@ -352,3 +352,41 @@ def test_bf16_mixed_precision_trains_on_cpu(wine: Path, reference: dict[str, Any
     # autocast was on: bf16 matmuls do not reproduce the float32 run's first epoch
     first = min(reference["history"]["train/loss"])
     assert history(r.run_id, "train/loss")[first] != reference["history"]["train/loss"][first]
+
+
+@pytest.mark.slow
+def test_torchrun_launch_logs_one_run_from_rank_zero(wine: Path) -> None:
+    """The README's `torchrun --nproc_per_node=2 -m tasks.train` on the CPU: two processes."""
+    before = Path("params.yaml").read_text()
+    write_overrides(
+        "params.yaml",
+        [
+            "register.experiment=torchrun",
+            "paths.checkpoint_dir=runs/torchrun/checkpoints",
+            "paths.train_dir=runs/torchrun/train",
+            "paths.train_metrics=runs/torchrun/train_metrics.json",
+            "train.devices=2",
+            "train.strategy=ddp",
+        ],
+    )
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    try:
+        out = subprocess.run(
+            [torchrun, "--nproc_per_node=2", "-m", "tasks.train"],
+            cwd=wine,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        Path("params.yaml").write_text(before)  # what the other tests expect
+    assert out.returncode == 0, out.stderr[-3000:]
+    reports = [line for line in out.stdout.splitlines() if line.startswith("train: best")]
+    assert len(reports) == 1  # rank zero reports, the worker does not
+    runs = runs_in("torchrun")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert points(runs[0].info.run_id, "val/loss") == EPOCHS
+    spec = json.loads((wine / "runs/torchrun/train/model.json").read_text())
+    assert spec["mlflow_run_id"] == runs[0].info.run_id
