@@ -222,7 +222,7 @@ class CNNOptions(_Frozen):
 class CNN1DOptions(_Frozen):
     """1D CNN (sequences)."""
 
-    blocks: int = Field(2, ge=1)
+    blocks: int = Field(3, ge=1)
     channels: int = Field(32, ge=1)
     kernel_size: int = Field(5, ge=1)
     hidden: int = Field(64, ge=1)

@@ -79,7 +79,7 @@ def waveforms(n: int = 1200, length: int = 64, seed: int = 1234) -> dict[str, np
     y = np.arange(n) % 4
     freq = rng.uniform(1.5, 4.0, n)[:, None]
     phase = rng.uniform(0, 1, n)[:, None]
-    amp = rng.uniform(0.5, 2.0, n)[:, None]
+    amp = rng.uniform(1.0, 2.0, n)[:, None]
     cycle = (freq * t[None, :] + phase) % 1.0
     shapes = np.stack(
         [
@@ -89,7 +89,7 @@ def waveforms(n: int = 1200, length: int = 64, seed: int = 1234) -> dict[str, np
             1 - 4 * np.abs(cycle - 0.5),
         ]
     )
-    x = amp * shapes[y, np.arange(n)] + rng.normal(0, 0.3, (n, length))
+    x = amp * shapes[y, np.arange(n)] + rng.normal(0, 0.25, (n, length))
     order = rng.permutation(n)
     return {"x": x[order].astype(np.float32), "y": y[order].astype(np.int64)}
 
