@@ -267,3 +267,32 @@ def test_manifest_round_trip(workspace):
     m = ingest.run(cfg).manifest
     assert Manifest.load(cfg.paths.raw_dir) == m
     assert json.loads((Path(cfg.paths.raw_dir) / "manifest.json").read_text())["rows"] == 178
+
+
+def test_http_source_is_fetched_and_hashed(workspace, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    write_table(tmp_path / "people.csv")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/people.csv"
+        cfg = cfg_for(workspace, f"data.source={url}", "data.target=label")
+        m = ingest.run(cfg).manifest
+        missing = cfg_for(workspace, f"data.source={url[:-4]}x.csv", "data.target=label")
+        with pytest.raises(DataError, match="x.csv: file not found"):
+            ingest.run(missing)
+    finally:
+        server.shutdown()
+    assert (m.source, m.modality, m.rows) == (url, "tables", 120)
+    assert (Path(cfg.paths.raw_dir) / "data.csv").read_bytes() == (
+        tmp_path / "people.csv"
+    ).read_bytes()
