@@ -59,7 +59,7 @@ def _summary(result: dict[str, Any]) -> str:
     lines += [
         "look at it:",
         f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (runs, plots, registry)",
-        "  dvc metrics show   |   dvc plots show   |   dvc repro (nothing to do now)",
+        "  dvc metrics show  |  dvc plots show  |  dvc repro (re-checks the source only)",
     ]
     return "\n".join(lines)
 
