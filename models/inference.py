@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +56,3 @@ class Predictor:
     def classes(self) -> list[Any]:
         """Class labels (classification)."""
         return list(self.preprocessor.target.classes)
-
-
-def read_spec(spec_path: str | Path) -> dict[str, Any]:
-    """model.json."""
-    return json.loads(Path(spec_path).read_text())
