@@ -227,7 +227,7 @@ def decode_image(data: Any, where: str = "image") -> np.ndarray:
                 mode = "L" if img.mode in ("1", "L", "I", "I;16", "F", "LA") else "RGB"
                 arr = np.asarray(img.convert(mode))
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise InputError(f"{where}: cannot decode image ({_short(exc)})") from None
+            raise InputError(f"{where}: cannot decode image ({one_line(exc, 100)})") from None
     else:
         try:
             arr = np.asarray(data, dtype=np.float64)
@@ -243,8 +243,9 @@ def decode_image(data: Any, where: str = "image") -> np.ndarray:
     return arr[:, :, :3] if arr.shape[2] == 4 else arr
 
 
-def _short(exc: BaseException, limit: int = 100) -> str:
-    line = " ".join(str(exc).split())
+def one_line(text: object, limit: int = 240) -> str:
+    """Collapse whitespace and cut to `limit` characters."""
+    line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

@@ -27,7 +27,7 @@ from tasks.sources import (
     read_sequences,
     read_table,
 )
-from tasks.utils import atomic_dir
+from tasks.utils import atomic_dir, file_sha256
 
 TARGET = "target"  # the built-in tables' target column
 MAX_CLASSES = 50  # a target with more distinct integer values than this is a regression
@@ -107,12 +107,8 @@ def _open_fs(source: str) -> tuple[Any, str]:
     return fs, path
 
 
-def fetch(source: str, dest_dir: Path, modality: str) -> tuple[str, str]:
-    """Copy a source into dest_dir in the modality's layout; return (relative file, sha256).
-
-    The hash covers the content only: a file's bytes, or for a folder every (class/file, bytes)
-    pair in sorted order.
-    """
+def fetch(source: str, dest_dir: Path, modality: str) -> str:
+    """Copy a source into dest_dir in the modality's layout; return the copy's relative path."""
     fs, path = _open_fs(source)
     try:
         exists = fs.exists(path)
@@ -124,34 +120,37 @@ def fetch(source: str, dest_dir: Path, modality: str) -> tuple[str, str]:
     if modality == "images":
         if not is_dir:
             raise DataError(f"{source}: images need a folder root/<class>/<image>, got a file")
-        digest = hashlib.sha256()
         root = path.rstrip("/")
-        files = sorted(f for f in fs.find(root) if f.lower().endswith(IMAGE_SUFFIXES))
-        for f in files:
+        for f in fs.find(root, withdirs=True):
             rel = f[len(root) :].lstrip("/")
-            if "/" not in rel:  # an image at the top level belongs to no class
-                continue
-            data = fs.cat_file(f)
             target = dest_dir / IMAGES_DIR / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-        # empty class folders matter (list_images names them): mirror them too
-        for d in fs.find(root, withdirs=True):
-            rel = d[len(root) :].lstrip("/")
-            if rel and "/" not in rel and fs.isdir(d):
-                (dest_dir / IMAGES_DIR / rel).mkdir(parents=True, exist_ok=True)
-        return IMAGES_DIR, digest.hexdigest()
+            if rel and "/" not in rel and fs.isdir(f):
+                target.mkdir(parents=True, exist_ok=True)  # list_images names empty classes
+            elif "/" in rel and f.lower().endswith(IMAGE_SUFFIXES):  # top level: no class
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(fs.cat_file(f))
+        return IMAGES_DIR
     if is_dir:
         raise DataError(f"{source}: expected a file for {modality}, got a folder")
-    data = fs.cat_file(path)
     suffix = Path(path).suffix.lower()
     if modality == "sequences":
         name = "data.npz"
     else:
         name = "data.parquet" if suffix in (".parquet", ".pq") else f"data{suffix or '.csv'}"
-    (dest_dir / name).write_bytes(data)
-    return name, hashlib.sha256(data).hexdigest()
+    (dest_dir / name).write_bytes(fs.cat_file(path))
+    return name
+
+
+def write_builtin(name: str, modality: str, dest_dir: Path) -> str:
+    """Write a built-in set into dest_dir in its modality's layout; return the relative path."""
+    if modality == "images":
+        write_digits(dest_dir / IMAGES_DIR)
+        return IMAGES_DIR
+    if modality == "tables":
+        builtin_table(name).to_csv(dest_dir / "data.csv", index=False)
+        return "data.csv"
+    np.savez(dest_dir / "data.npz", **waveforms())
+    return "data.npz"
 
 
 def infer_task(values: Any, where: str) -> str:
@@ -263,22 +262,13 @@ def run(cfg: Config) -> IngestResult:
         tmp.mkdir()
         if cfg.data.source:
             source = cfg.data.source
-            file, sha = fetch(source, tmp, cfg.modality)
-            if previous is not None and (previous.source, previous.sha256) == (source, sha):
-                return IngestResult(raw_dir=raw_dir, manifest=previous)
+            file = fetch(source, tmp, cfg.modality)
         else:
             source = f"builtin:{cfg.data.dataset}"
-            modality = cfg.modality
-            if modality == "images":
-                write_digits(tmp / IMAGES_DIR)
-                file = IMAGES_DIR
-            elif modality == "tables":
-                file = "data.csv"
-                builtin_table(cfg.data.dataset).to_csv(tmp / file, index=False)
-            else:
-                file = "data.npz"
-                np.savez(tmp / file, **waveforms())
-            sha = content_hash(tmp / file)
+            file = write_builtin(cfg.data.dataset, cfg.modality, tmp)
+        sha = content_hash(tmp / file)
+        if previous is not None and (previous.source, previous.sha256) == (source, sha):
+            return IngestResult(raw_dir=raw_dir, manifest=previous)
         try:
             manifest = describe(cfg, tmp, file, source, sha)
         except DataError as exc:  # name the user's source, not the temporary copy
@@ -294,11 +284,11 @@ def run(cfg: Config) -> IngestResult:
 def content_hash(path: Path) -> str:
     """sha256 of a file, or of a folder's (relative path, file hash) pairs in sorted order."""
     if path.is_file():
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     digest = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = f.relative_to(path).as_posix()
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        digest.update(rel.encode() + b"\0" + bytes.fromhex(file_sha256(f)))
     return digest.hexdigest()
 
 

@@ -7,14 +7,13 @@ Idempotent: when a version of the model already carries the current model.pt's s
 from __future__ import annotations
 
 import argparse
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks import tracking
 from tasks.config import PARAMS_FILE, Config, load_config
-from tasks.utils import read_json
+from tasks.utils import file_sha256, read_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,15 +35,6 @@ class RegisterResult:
     run_id: str
     model_uri: str
     created: bool
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_version(client: MlflowClient, name: str, sha256: str) -> ModelVersion | None:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.preprocessing import InputError, decode_image, one_line
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -64,12 +66,6 @@ class Manifest:
     def data_path(self, raw_dir: str | Path) -> Path:
         """The copied data inside the raw folder."""
         return Path(raw_dir) / self.file
-
-
-def one_line(text: object, limit: int = 240) -> str:
-    """Collapse whitespace and cut to `limit` characters."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -126,8 +122,6 @@ def list_images(root: str | Path) -> list[tuple[Path, str]]:
 
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to (H, W, C) uint8 (C 1 or 3); unreadable -> DataError naming it."""
-    from models.preprocessing import InputError, decode_image
-
     path = Path(path)
     try:
         return decode_image(path.read_bytes(), str(path))

@@ -275,14 +275,32 @@ def _open_run(cfg: Config, parent_run_id: str | None, resume_run: str | None) ->
     )
 
 
-def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> TrainResult:
-    """Train with early stopping on val/loss; write weights, spec and preprocessor to train_dir."""
+def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list]:
+    """Seeded module, DataModule and callbacks (best, last, early stop), as every rank builds."""
     import lightning as L
-    import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import MLFlowLogger
 
     from models.datamodule import DataModule
+    from models.metrics import VAL_LOSS
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = build_module(cfg, info, cfg.train.max_epochs)
+    dm = DataModule(cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    ckpt_dir = Path(cfg.paths.checkpoint_dir)
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename=BEST, monitor=VAL_LOSS, mode="min"),
+        # every epoch: `save_last=True` writes only in epochs that improve val/loss (Lightning 2.6)
+        ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False),
+        EarlyStopping(monitor=VAL_LOSS, mode="min", patience=cfg.train.patience),
+    ]
+    return module, dm, callbacks
+
+
+def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> TrainResult:
+    """Train with early stopping on val/loss; write weights, spec and preprocessor to train_dir."""
+    import torch
+    from lightning.pytorch.loggers import MLFlowLogger
+
     from models.metrics import HEADLINE, VAL_LOSS
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -296,9 +314,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
     last, resume_run = resumable(cfg, print) if resume else (None, None)
     if last is None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = build_module(cfg, info, cfg.train.max_epochs)
-    dm = DataModule(cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    module, dm, callbacks = _fit_parts(cfg, info)
 
     run_id = _open_run(cfg, parent_run_id, resume_run)
     resumed_epoch = None
@@ -322,11 +338,8 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             tracking_uri=tracking.tracking_uri(),
             log_model=False,
         )
-        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename=BEST, monitor=VAL_LOSS, mode="min")
-        # every epoch: `save_last=True` writes only in epochs that improve val/loss (Lightning 2.6)
-        every = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False)
-        stop = EarlyStopping(monitor=VAL_LOSS, mode="min", patience=cfg.train.patience)
-        trainer = make_trainer(cfg, cfg.train.max_epochs, [ckpt, every, stop], logger=logger)
+        ckpt = callbacks[0]
+        trainer = make_trainer(cfg, cfg.train.max_epochs, callbacks, logger=logger)
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
         best_path = Path(ckpt.best_model_path or ckpt_dir / f"{BEST}.ckpt")
         state = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -403,23 +416,11 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
 
 def _worker(cfg: Config, info: dict[str, Any], resume: bool) -> TrainResult:
     """A non-zero rank under torchrun or SLURM: the same fit, no MLflow run, no files."""
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-    from models.datamodule import DataModule
-    from models.metrics import HEADLINE, VAL_LOSS
+    from models.metrics import HEADLINE
 
     last, _ = resumable(cfg, lambda _: None) if resume else (None, None)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = build_module(cfg, info, cfg.train.max_epochs)
-    dm = DataModule(cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed)
-    ckpt_dir = Path(cfg.paths.checkpoint_dir)
     # the same callbacks as rank zero (their state is synchronized), which alone writes files
-    callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename=BEST, monitor=VAL_LOSS, mode="min"),
-        ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False),
-        EarlyStopping(monitor=VAL_LOSS, mode="min", patience=cfg.train.patience),
-    ]
+    module, dm, callbacks = _fit_parts(cfg, info)
     trainer = make_trainer(cfg, cfg.train.max_epochs, callbacks)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
     nan = float("nan")
