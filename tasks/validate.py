@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.preprocessing import InputError, decode_image
 from tasks.config import Config, ValidateConfig, load_config
 from tasks.sources import (
     IMAGES_DIR,
@@ -36,7 +37,6 @@ from tasks.sources import (
     Manifest,
     list_images,
     one_line,
-    read_image,
     read_sequences,
     read_table,
     sha256_bytes,
@@ -170,9 +170,9 @@ def _probe_image(item: tuple[Path, str], root: Path) -> tuple[Any, ...]:
         data = path.read_bytes()
     except OSError:
         return file, cls, False, 0, 0, 0, ""
-    try:
-        height, width, channels = (int(n) for n in read_image(path).shape)
-    except (DataError, OSError):
+    try:  # decode the bytes already read: one read per file
+        height, width, channels = (int(n) for n in decode_image(data, str(path)).shape)
+    except InputError:
         return file, cls, False, 0, 0, 0, sha256_bytes(data)
     return file, cls, True, height, width, channels, sha256_bytes(data)
 
