@@ -43,7 +43,7 @@ def test_bad_override_is_rejected_before_anything_runs(workspace, capsys):
 
 
 def test_data_option_sets_an_absolute_source_and_infers_the_rest(workspace):
-    from flows.cli import data_overrides
+    from flows.cli.run import data_overrides
 
     assert data_overrides("pets") == [
         f"data.source={(workspace / 'pets').resolve()}",

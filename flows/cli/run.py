@@ -1,39 +1,12 @@
-"""The `dlops` command line. Heavy libraries are imported only inside commands."""
+"""`dlops run` (the whole pipeline) and `dlops train` (the train stage alone)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
-
-# Nothing leaves the machine: every library's telemetry is off, every server on loopback.
-LOCAL_ENV = {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_API_HOST": "127.0.0.1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "true",
-    "LITLOGGER_DISABLE": "1",
-}
-
-
-def configure_environment() -> None:
-    """Set the local, telemetry-free defaults without overriding what the user set."""
-    for key, value in LOCAL_ENV.items():
-        os.environ.setdefault(key, value)
-
-
-def find_project_root(start: Path | None = None) -> Path:
-    """The nearest folder at or above `start` holding both params.yaml and dvc.yaml."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "params.yaml").is_file() and (folder / "dvc.yaml").is_file():
-            return folder
-    raise FileNotFoundError(f"no params.yaml and dvc.yaml in {here} or any folder above it")
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -127,34 +100,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_deploy(args: argparse.Namespace) -> int:
-    """Create the work pool and a scheduled deployment of the pipeline."""
-    from flows.deploy import deploy
-
-    deployment_id = deploy(
-        name=args.name, pool=args.pool, cron=args.cron or None, overrides=args.set
-    )
-    print(
-        f"deployment {args.name} ({deployment_id}) on work pool {args.pool!r}, cron {args.cron!r}"
-    )
-    print(f"start a worker to run it: prefect worker start --pool {args.pool}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (no heavy imports)."""
-    parser = argparse.ArgumentParser(
-        prog="dlops", description="Orchestrated, tracked, reproducible deep learning."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the whole pipeline (Prefect flow, DVC-recorded stages)")
-    run.add_argument(
+def _set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
         "-S",
         "--set",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override a parameter (validated, then written to params.yaml as `dvc exp run -S`)",
+        help=help_text,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `run` and `train`."""
+    run = sub.add_parser("run", help="run the whole pipeline (Prefect flow, DVC-recorded stages)")
+    _set_option(
+        run, "override a parameter (validated, then written to params.yaml as `dvc exp run -S`)"
     )
     run.add_argument(
         "--data",
@@ -170,28 +131,5 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue a killed training from its last checkpoint (same params and data)",
     )
-    tr.add_argument("-S", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    _set_option(tr, "override a parameter")
     tr.set_defaults(func=cmd_train)
-    dep = sub.add_parser("deploy", help="schedule the pipeline on a Prefect process work pool")
-    dep.add_argument("--name", default="dlops-scheduled")
-    dep.add_argument("--pool", default="dlops")
-    dep.add_argument("--cron", default="0 3 * * *", help="cron schedule ('' for none)")
-    dep.add_argument("-S", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    dep.set_defaults(func=cmd_deploy)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `dlops` script."""
-    args = build_parser().parse_args(argv)
-    configure_environment()
-    try:
-        os.chdir(find_project_root())  # stages, DVC and params.yaml work from the root
-    except FileNotFoundError as exc:
-        print(f"dlops: {exc}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(args.func(args))
-
-
-if __name__ == "__main__":
-    main()
