@@ -1,10 +1,16 @@
-"""Run a dvc.yaml stage in-process and record it in DVC exactly as `dvc repro` would.
+"""Run dvc.yaml stages in-process and record them in DVC exactly as `dvc repro` would.
 
 `dvc repro` starts `python -m tasks.<stage>` in a fresh process (about 5 s each here for torch
 and Lightning). The flow instead calls the stage's `run()` in its own process and then does what
 DVC does after a command: save the dependencies and outputs, commit the outputs to the cache,
 write the stage to dvc.lock and the run cache. An unchanged stage is skipped; a stage whose
 dependencies and params were seen before is restored from DVC's run cache without running.
+
+A `Recorder` holds DVC's repository lock for a whole run, as `dvc repro` does, so a second run
+(or `dvc repro`) in the same workspace is refused instead of interleaving its stages. The DVC
+calls used here (`stage.changed`, `save_deps`, `stage_cache.restore`, `save`, `commit`, `dump`)
+are DVC internals: pyproject pins DVC's major version and tests/unit/test_dvc_contract.py checks
+their behaviour.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -25,18 +31,57 @@ class Outcome(StrEnum):
     RESTORED = "restored"  # outputs checked out from DVC's run cache
 
 
-def reproduce(root: str | Path, name: str, fn: Callable[[], T]) -> tuple[Outcome, T | None]:
-    """Run `fn` as the body of stage `name` unless DVC says the stage is up to date."""
-    from dvc.repo import Repo, lock_repo
-    from dvc.stage.cache import RunCacheNotFoundError
+class RunLockedError(RuntimeError):
+    """Another run (or a dvc command) holds the workspace's DVC lock."""
 
-    with Repo(str(root)) as repo, lock_repo(repo):
-        (stage,) = repo.stage.collect(name)
+
+class Recorder:
+    """One DVC repository, locked for the duration of a run; records stages as they finish."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.repo: Any = None
+        self._lock: Any = None
+
+    def __enter__(self) -> Recorder:
+        from dvc.lock import LockError
+        from dvc.repo import Repo, lock_repo
+
+        self.repo = Repo(str(self.root))
+        self._lock = lock_repo(self.repo)
+        try:
+            self._lock.__enter__()
+        except LockError:
+            self.repo.close()
+            raise RunLockedError(
+                f"another dlops run or dvc command holds the DVC lock of {self.root.resolve()} "
+                "(.dvc/tmp/lock): wait for it to finish, or run with other overrides, which get "
+                "a workspace of their own"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._lock.__exit__(*exc)
+        finally:
+            self.repo.close()
+
+    def stage(self, name: str) -> Any:
+        """The stage as dvc.yaml and dvc.lock describe it now."""
+        self.repo._reset()  # dvc.lock may have changed since the last stage
+        (stage,) = self.repo.stage.collect(name)
+        return stage
+
+    def reproduce(self, name: str, fn: Callable[[], T]) -> tuple[Outcome, T | None]:
+        """Run `fn` as the body of stage `name` unless DVC says the stage is up to date."""
+        from dvc.stage.cache import RunCacheNotFoundError
+
+        stage = self.stage(name)
         if not stage.changed():
             return Outcome.SKIPPED, None
         value: T | None = None
         try:
-            repo.stage_cache.restore(stage)
+            self.repo.stage_cache.restore(stage)
             outcome = Outcome.RESTORED
         except RunCacheNotFoundError:
             stage.save_deps()
@@ -49,3 +94,9 @@ def reproduce(root: str | Path, name: str, fn: Callable[[], T]) -> tuple[Outcome
         stage.commit()
         stage.dump(update_pipeline=False)
         return outcome, value
+
+
+def reproduce(root: str | Path, name: str, fn: Callable[[], T]) -> tuple[Outcome, T | None]:
+    """One stage, recorded under its own lock (the CLI's stage commands, tests)."""
+    with Recorder(root) as recorder:
+        return recorder.reproduce(name, fn)

@@ -1,10 +1,18 @@
 """The dlops pipeline as one Prefect flow; each stage a named task recorded by DVC.
 
 ingest -> validate -> preprocess -> tune -> train -> evaluate -> register -> promote
+
+A run is hermetic (flows.workspace): it executes in the checkout when it has no overrides, in a
+workspace of its own when it has some, or in the clone a deployment run was given; params.yaml
+of the checkout is never written. One `Recorder` holds the workspace's DVC lock for the whole
+run, so two runs never interleave stages in one workspace.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,12 +21,14 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.dvc_record import Outcome, reproduce
+from flows import workspace
+from flows.dvc_record import Outcome, Recorder
 from tasks import tracking
-from tasks.config import PARAMS_FILE, Config, write_overrides
+from tasks.config import PARAMS_FILE, Config, load_config
+from tasks.redact import redact
 from tasks.utils import read_json
 
-ROOT = "."
+_recorder: contextvars.ContextVar[Recorder] = contextvars.ContextVar("dlops_recorder")
 
 
 @dataclass
@@ -33,7 +43,7 @@ class StageReport:
 
 def _dvc_stage(name: str, fn: Any) -> tuple[StageReport, Any]:
     start = time.perf_counter()
-    outcome, value = reproduce(ROOT, name, fn)
+    outcome, value = _recorder.get().reproduce(name, fn)
     report = StageReport(name, outcome.value, round(time.perf_counter() - start, 2))
     get_run_logger().info("stage %s: %s in %.1f s", name, outcome.value, report.seconds)
     return report, value
@@ -41,7 +51,7 @@ def _dvc_stage(name: str, fn: Any) -> tuple[StageReport, Any]:
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest(cfg: Config) -> StageReport:
-    """Write the built-in data set to data/raw (DVC out)."""
+    """Copy the data source (or a built-in set) into data/raw (DVC out)."""
     from tasks import ingest as stage
     from tasks.sources import Manifest
 
@@ -118,13 +128,16 @@ def evaluate(cfg: Config) -> StageReport:
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register(cfg: Config, parent_run_id: str, flow_run_id: str | None) -> StageReport:
+def register(
+    cfg: Config, parent_run_id: str, flow_run_id: str | None, ws: workspace.Workspace
+) -> StageReport:
     """Log the pyfunc and register a version with lineage tags (idempotent)."""
     from tasks import lineage
     from tasks import register as stage
 
     start = time.perf_counter()
-    r = stage.run(cfg, lineage.collect(cfg, flow_run_id), parent_run_id=parent_run_id)
+    tags = lineage.collect(cfg, flow_run_id, overrides=list(ws.overrides))
+    r = stage.run(cfg, tags, parent_run_id=parent_run_id)
     outcome = "ran" if r.created else "skipped"
     seconds = round(time.perf_counter() - start, 2)
     get_run_logger().info("register: %s version %s (%s)", r.name, r.version, outcome)
@@ -143,44 +156,100 @@ def promote(cfg: Config, name: str, version: str) -> StageReport:
     return StageReport("promote", "ran", seconds, asdict(r))
 
 
+def _deployment_run() -> bool:
+    from prefect.runtime import deployment
+
+    return deployment.id is not None
+
+
+def run_workspace(overrides: list[str]) -> workspace.Workspace:
+    """Where this run executes: a deployment's own clone, the checkout, or its own workspace."""
+    from tasks.runtime import find_project_root
+
+    if _deployment_run():
+        return workspace.in_clone(Path.cwd(), overrides)
+    return workspace.prepare(find_project_root(), overrides)
+
+
+def flat_params(cfg: Config) -> dict[str, str]:
+    """Every parameter as `section.key` -> text (URLs redacted), for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node and prefix != "tune.space":
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        else:
+            text = node if isinstance(node, str) else json.dumps(node, sort_keys=True)
+            out[prefix] = redact(text)
+
+    walk("", cfg.model_dump(by_alias=True, mode="json"))
+    return out
+
+
+def _open_parent(cfg: Config, ws: workspace.Workspace, flow_run_id: Any) -> str:
+    tags = {
+        "dlops.stage": "pipeline",
+        "prefect.flow_run_id": str(flow_run_id),
+        "dlops.overrides": redact(json.dumps(list(ws.overrides))),
+        "dlops.workspace": str(ws.root),
+    }
+    parent = tracking.start_run(cfg.register_.experiment, "pipeline", tags=tags)
+    tracking.log_params(parent, flat_params(cfg))
+    return parent
+
+
 @flow(name="dlops-pipeline")
 def pipeline(overrides: list[str] | None = None) -> dict[str, Any]:
     """Run every stage; unchanged stages are skipped by DVC, the registry is changed last."""
     from prefect.runtime import flow_run
 
     start = time.perf_counter()
-    cfg = write_overrides(PARAMS_FILE, list(overrides or []))
+    ws = run_workspace(list(overrides or []))
     flow_run_id = flow_run.get_id()
-    parent = tracking.start_run(
-        cfg.register_.experiment,
-        "pipeline",
-        tags={"dlops.stage": "pipeline", "prefect.flow_run_id": str(flow_run_id)},
-    )
-    reports: list[StageReport] = []
-    try:
-        reports.append(ingest(cfg))
-        reports.append(validate(cfg, parent))
-        reports.append(preprocess(cfg, parent))
-        reports.append(tune(cfg, parent))
-        reports.append(train(cfg, parent))
-        reports.append(evaluate(cfg))
-        reg = register(cfg, parent, flow_run_id)
-        reports.append(reg)
-        reports.append(promote(cfg, reg.detail["name"], reg.detail["version"]))
-    except BaseException:
-        tracking.end_run(parent, failed=True)
-        raise
-    total = round(time.perf_counter() - start, 2)
-    c = tracking.client()
-    for r in reports:
-        c.log_metric(parent, f"time/{r.name}_s", r.seconds)
-        c.set_tag(parent, f"stage.{r.name}", r.outcome)
-    c.log_metric(parent, "time/total_s", total)
-    tracking.end_run(parent)
+    with workspace.entered(ws):
+        with contextlib.ExitStack() as stack:
+            recorder = stack.enter_context(Recorder(ws.root))
+            token = _recorder.set(recorder)
+            stack.callback(_recorder.reset, token)
+            workspace.refresh(ws)
+            cfg = load_config(PARAMS_FILE)  # the workspace's params.yaml: checkout + overrides
+            parent = _open_parent(cfg, ws, flow_run_id)
+            reports: list[StageReport] = []
+            try:
+                reports.append(ingest(cfg))
+                reports.append(validate(cfg, parent))
+                reports.append(preprocess(cfg, parent))
+                reports.append(tune(cfg, parent))
+                reports.append(train(cfg, parent))
+                reports.append(evaluate(cfg))
+                reg = register(cfg, parent, flow_run_id, ws)
+                reports.append(reg)
+                reports.append(promote(cfg, reg.detail["name"], reg.detail["version"]))
+            except BaseException:
+                tracking.end_run(parent, failed=True)
+                raise
+            finally:
+                suites = workspace.copy_back_new(ws, cfg.paths.suites_dir)
+        # the run's DVC lock is released: DVC's experiment executor takes it itself
+        experiment = workspace.save_experiment(ws, cfg, suites)
+        total = round(time.perf_counter() - start, 2)
+        c = tracking.client()
+        for r in reports:
+            c.log_metric(parent, f"time/{r.name}_s", r.seconds)
+            c.set_tag(parent, f"stage.{r.name}", r.outcome)
+        c.log_metric(parent, "time/total_s", total)
+        if experiment:
+            c.set_tag(parent, "dvc.experiment", experiment)
+        tracking.end_run(parent)
     return {
         "parent_run_id": parent,
         "flow_run_id": str(flow_run_id),
         "total_seconds": total,
+        "workspace": str(ws.root),
+        "overrides": list(ws.overrides),
+        "experiment": experiment,
+        "new_suites": [str(p) for p in suites],
         "stages": [asdict(r) for r in reports],
         "metrics": reports[5].detail,
         "model": reports[6].detail,

@@ -605,25 +605,42 @@ def load_config(path: str | Path = PARAMS_FILE, overrides: list[str] | None = No
     return validate_params(raw, str(path))
 
 
-def write_overrides(path: str | Path, overrides: list[str]) -> Config:
-    """Validate overrides, then write them into params.yaml keeping its comments (as `dvc exp`).
+def write_overrides(
+    path: str | Path, overrides: list[str], source: str | Path | None = None
+) -> Config:
+    """Validate `source` (default: `path`) + overrides, then write the result to `path`.
 
-    Nothing is written when validation fails.
+    Comments and layout of the source are kept (ruamel round trip). A run never calls this on
+    the checkout's params.yaml: workspaces get their own copy (`flows.workspace`). Nothing is
+    written when validation fails; the file is replaced atomically.
     """
-    cfg = load_config(path, overrides)
-    if not overrides:
+    src = Path(source) if source is not None else Path(path)
+    cfg = load_config(src, overrides)
+    p = Path(path)
+    if not overrides and src.resolve() == p.resolve():
         return cfg
     from ruamel.yaml import YAML
 
     rt = YAML()
     rt.preserve_quotes = True
-    p = Path(path)
-    doc = rt.load(p.read_text())
+    doc = rt.load(src.read_text())
     for text in overrides:
         keys, value = parse_override(text)
         set_path(doc, keys, value, text)
-    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp = p.with_name(f".{p.name}.tmp")
     with tmp.open("w") as fh:
         rt.dump(doc, fh)
     tmp.replace(p)
     return cfg
+
+
+def canonical_overrides(overrides: list[str]) -> list[str]:
+    """Overrides as `key=value` with values in canonical JSON, the last of each key kept, sorted.
+
+    Two spellings of the same overrides (`train.lr=.01` and `train.lr=0.01`) give one list.
+    """
+    last: dict[str, Any] = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        last[".".join(keys)] = value
+    return [f"{k}={json.dumps(last[k], sort_keys=True)}" for k in sorted(last)]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import yaml
 
-from tasks.config import Config
+from tasks import runtime
+from tasks.config import PARAMS_FILE, Config
+from tasks.redact import redact
 from tasks.utils import read_json
 
 
@@ -20,12 +23,20 @@ def _git(*args: str) -> str | None:
 
 
 def git_info() -> dict[str, str]:
-    """The commit of the working tree and whether tracked files differ from it."""
+    """The commit of the working tree and whether tracked files differ from it.
+
+    A run's own files do not count: its workspace's params.yaml (the checkout's + the run's
+    overrides, recorded as `params.overrides`) and dvc.lock. Uncommitted edits of the checkout's
+    params.yaml do.
+    """
     commit = _git("rev-parse", "HEAD")
     if commit is None:
         return {"git.commit": "none", "git.dirty": "unknown"}
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
+    own = (f":!{PARAMS_FILE}", ":!dvc.lock")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", *own))
+    home = runtime.home()
+    params_edited = _git("-C", str(home), "diff", "--quiet", "HEAD", "--", PARAMS_FILE) is None
+    return {"git.commit": commit, "git.dirty": str(dirty or params_edited).lower()}
 
 
 def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
@@ -41,16 +52,19 @@ def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
     return tags
 
 
-def collect(cfg: Config, flow_run_id: str | None = None) -> dict[str, str]:
-    """Every lineage tag a registered version carries."""
+def collect(
+    cfg: Config, flow_run_id: str | None = None, overrides: list[str] | None = None
+) -> dict[str, str]:
+    """Every lineage tag a registered version carries (URLs redacted)."""
     tags = {**git_info(), **dvc_hashes()}
+    tags["params.overrides"] = redact(json.dumps(list(overrides or [])))
     tags["params.hash"] = cfg.params_hash()
     tags["augment.hash"] = cfg.section_hash("preprocess.augment")
     manifest = Path(cfg.paths.raw_dir) / "manifest.json"
     if manifest.is_file():
         m = read_json(manifest)
         for key in ("source", "sha256", "modality", "task"):
-            tags[f"data.{key}"] = str(m.get(key))
+            tags[f"data.{key}"] = redact(str(m.get(key)))
     best = Path(cfg.paths.best_params)
     if best.is_file():
         info = read_json(best)

@@ -95,8 +95,10 @@ def setup(root: str | Path | None = None) -> Path:
     """
     global _done
     configure_environment()
-    checkout = Path(root).resolve() if root is not None else home()
-    os.environ.setdefault(HOME_VAR, str(checkout))
+    if root is not None:  # the CLI found the checkout: it is the home of this process
+        os.environ[HOME_VAR] = str(Path(root).resolve())
+    else:
+        os.environ.setdefault(HOME_VAR, str(home()))
     load_env_file(os.environ[HOME_VAR])
     if not _done:
         # Noise from the stack that says nothing about the user's run.

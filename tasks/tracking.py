@@ -1,26 +1,28 @@
 """MLflow wiring: tracking URI, experiment and runs, always by explicit run id (no fluent state).
 
 The tracking URI comes from `MLFLOW_TRACKING_URI`; unset, it is a SQLite store in the project
-root (`sqlite:///mlflow.db`) with artifacts under `mlartifacts/`.
+checkout (`<DLOPS_HOME>/mlflow.db`, also for runs that execute in a workspace of their own) with
+artifacts under `<DLOPS_HOME>/mlartifacts/`.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 PARENT_TAG = "mlflow.parentRunId"
 
 
 def tracking_uri() -> str:
     """The tracking URI in force: the environment's, else the embedded SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    from tasks.runtime import home
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / DEFAULT_DB}"
 
 
 def client() -> MlflowClient:
@@ -42,7 +44,9 @@ def experiment_id(name: str) -> str:
         return exp.experiment_id
     location = None
     if tracking_uri().startswith(("sqlite:", "file:")) or "://" not in tracking_uri():
-        location = Path(DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+        from tasks.runtime import home
+
+        location = (home() / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
     return c.create_experiment(name, artifact_location=location)
 
 

@@ -47,6 +47,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     _copy_project(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("DLOPS_HOME", str(tmp_path))
     return tmp_path
 
 
@@ -66,7 +67,7 @@ def dvc_project(workspace: Path) -> Path:
     subprocess.run([str(dvc), "init", "-q"], cwd=workspace, check=True)
     subprocess.run([str(dvc), "config", "core.analytics", "false"], cwd=workspace, check=True)
     (workspace / ".gitignore").write_text(
-        "/data/\n/reports/\nmlflow.db\nmlartifacts/\n__pycache__/\n"
+        "/data/\n/reports/\nmlflow.db\nmlartifacts/\n__pycache__/\n/.dlops/\n"
     )
     git("add", "-A", cwd=workspace)
     git("commit", "-qm", "init", cwd=workspace)

@@ -29,11 +29,22 @@ def _summary(result: dict[str, Any]) -> str:
     lines.append(f"version {model['version']} {verdict}: {promo['reason']}")
     lines.append(f"champion now: {model['name']}@champion = version {promo['champion_version']}")
     uri = tracking_uri()
-    lines += [
-        "look at it:",
-        f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (runs, plots, registry)",
-        "  dvc metrics show  |  dvc plots show  |  dvc repro (re-checks the source only)",
-    ]
+    lines.append("look at it:")
+    lines.append(
+        f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (runs, plots, registry)"
+    )
+    if result.get("experiment"):
+        name = result["experiment"]
+        lines.append(f"  ran in its own workspace {result['workspace']} (params.yaml untouched)")
+        lines.append(
+            f"  dvc exp show (experiment {name})  |  dvc exp apply {name} (into the checkout)"
+        )
+    else:
+        lines.append(
+            "  dvc metrics show  |  dvc plots show  |  dvc repro (re-checks the source only)"
+        )
+    for suite in result.get("new_suites", []):
+        lines.append(f"  new GX suite inferred: {suite} (review and commit it)")
     return "\n".join(lines)
 
 
@@ -45,25 +56,64 @@ def data_overrides(data: str | None) -> list[str]:
     return [f"data.source={source}", "data.modality=auto", "data.task=auto"]
 
 
+def _fail(exc: BaseException, code: int) -> int:
+    from tasks.redact import redact
+
+    print(f"dlops: {redact(' '.join(str(exc).split()))}", file=sys.stderr)
+    return code
+
+
+def _preflight(overrides: list[str]) -> Any:
+    """Config and source checks that need no server: a bad run fails here in well under 2 s."""
+    from tasks.config import load_config
+    from tasks.sources import DataError
+
+    cfg = load_config(overrides=overrides)
+    source = cfg.data.source
+    if source and ("://" not in source or source.startswith("file://")):
+        path = Path(source.removeprefix("file://"))
+        if not path.exists():
+            raise DataError(f"{source}: file not found")
+    return cfg
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or a busy workspace: one line, no traceback."""
+    from flows.dvc_record import RunLockedError
+    from flows.workspace import WorkspaceError
+    from tasks.config import ConfigError
+    from tasks.sources import DataError
+    from tasks.upstream import StaleUpstreamError
+    from tasks.validate import DataValidationError
+
+    return (
+        ConfigError,
+        DataError,
+        DataValidationError,
+        RunLockedError,
+        StaleUpstreamError,
+        WorkspaceError,
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the whole pipeline as a Prefect flow."""
-    from tasks.config import ConfigError, load_config
+    """Run the whole pipeline as a Prefect flow (hermetic: params.yaml is never written)."""
+    from tasks.config import ConfigError
+    from tasks.sources import DataError
 
     overrides = data_overrides(args.data) + args.set
     try:
-        load_config(overrides=overrides)  # fail fast, before Prefect starts
+        _preflight(overrides)  # fail fast, before Prefect starts
     except ConfigError as exc:
-        print(f"dlops: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc, 2)
+    except DataError as exc:
+        return _fail(exc, 1)
     from flows.pipeline import pipeline
-    from tasks.sources import DataError
-    from tasks.validate import DataValidationError
 
     try:
         result = pipeline(overrides=overrides)
-    except (DataValidationError, DataError, ConfigError) as exc:
-        print(f"dlops: {exc}", file=sys.stderr)
-        return 1
+    except _expected_errors() as exc:
+        return _fail(exc, 1)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
@@ -72,18 +122,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Run the train stage alone (recorded by DVC), optionally resuming a killed training."""
-    from tasks.config import ConfigError, write_overrides
+    """Run the train stage alone (recorded by DVC), optionally resuming a killed training.
+
+    With `-S` overrides it runs in the workspace of those overrides (the one `dlops run` with
+    the same overrides used), so `dlops run -S x=1` killed during training resumes with
+    `dlops train --resume -S x=1`.
+    """
+    from flows import workspace
+    from flows.dvc_record import Recorder
+    from tasks import train, upstream
+    from tasks.config import PARAMS_FILE, ConfigError, load_config
+    from tasks.runtime import home
 
     try:
-        cfg = write_overrides("params.yaml", args.set)
+        ws = workspace.prepare(home(), args.set)
     except ConfigError as exc:
-        print(f"dlops: {exc}", file=sys.stderr)
-        return 2
-    from flows.dvc_record import reproduce
-    from tasks import train
-
-    outcome, result = reproduce(".", "train", lambda: train.run(cfg, resume=args.resume))
+        return _fail(exc, 2)
+    try:
+        with workspace.entered(ws), Recorder(ws.root) as recorder:
+            workspace.refresh(ws)
+            cfg = load_config(PARAMS_FILE)
+            upstream.check("train", repo=recorder.repo)
+            outcome, result = recorder.reproduce(
+                "train", lambda: train.run(cfg, resume=args.resume)
+            )
+    except _expected_errors() as exc:
+        return _fail(exc, 1)
     if result is None:
         print(f"train: {outcome.value} (nothing changed since the last training)")
         return 0
@@ -115,7 +179,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add `run` and `train`."""
     run = sub.add_parser("run", help="run the whole pipeline (Prefect flow, DVC-recorded stages)")
     _set_option(
-        run, "override a parameter (validated, then written to params.yaml as `dvc exp run -S`)"
+        run,
+        "override a parameter for this run only (validated; the run executes in a workspace of "
+        "its own and is saved as a DVC experiment; params.yaml is not written)",
     )
     run.add_argument(
         "--data",

@@ -17,11 +17,25 @@ import pandas as pd
 import pytest
 import yaml
 
+from flows.workspace import overrides_key
 from tasks import tracking
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NAME = "dlops-digits"
 DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def _git_status(root: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["git", "status", "--porcelain", *args], cwd=root, capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
+def tags_of(overrides: list[str]) -> list[str]:
+    from tasks.config import canonical_overrides
+
+    return canonical_overrides(overrides)
 
 
 def _outcomes(result):
@@ -98,8 +112,15 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     from flows.pipeline import pipeline
 
     root = dvc_project
+    params_before = (root / "params.yaml").read_bytes()
     first = pipeline(overrides=tiny)
     assert set(_outcomes(first).values()) == {"ran"}
+    # hermetic: the run had a workspace of its own; the checkout is exactly as committed
+    ws = Path(first["workspace"])
+    assert ws.parent == root / ".dlops/workspaces" and first["experiment"]
+    assert (root / "params.yaml").read_bytes() == params_before
+    assert _git_status(root) == "?? expectations/"  # the suite it inferred, to be reviewed
+    assert first["new_suites"] == [str(root / "expectations/digits.json")]
 
     c = tracking.client()
     assert _versions() == [1]
@@ -110,14 +131,15 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
         ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
     ).stdout.strip()
     assert tags["git.commit"] == head
-    assert tags["git.dirty"] == "true"  # params.yaml was changed by the overrides
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert tags["git.dirty"] == "false"  # the overrides are the run's, recorded apart
+    assert json.loads(tags["params.overrides"]) == sorted(tags_of(tiny))
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
     processed_md5 = lock["stages"]["preprocess"]["outs"][0]["md5"]
     assert tags["dvc.preprocess.data/processed"] == processed_md5
     assert tags["validation.success"] == "true"
     assert tags["optuna.best_trial"] == "0" and tags["optuna.study"].startswith(NAME)
     assert len(tags["params.hash"]) == 64 and len(tags["augment.hash"]) == 64
-    manifest = json.loads((root / "data/raw/manifest.json").read_text())
+    manifest = json.loads((ws / "data/raw/manifest.json").read_text())
     assert tags["data.source"] == "builtin:digits" and tags["data.sha256"] == manifest["sha256"]
     assert (tags["data.modality"], tags["data.task"]) == ("images", "classification")
     assert tags["prefect.flow_run_id"] == first["flow_run_id"]
@@ -130,7 +152,7 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     assert {"params.yaml", "dvc.lock", "plots", "validation"} <= artifacts
 
     # the champion serves raw images (base64 PNG text) in a fresh process
-    files = sorted((root / "data/raw/images").glob("*/*.png"))[::90][:20]
+    files = sorted((ws / "data/raw/images").glob("*/*.png"))[::90][:20]
     labels = [f.parent.name for f in files]
     rows = pd.DataFrame({"image": [base64.b64encode(f.read_bytes()).decode() for f in files]})
     pred = _predict_in_fresh_process(root, rows)
@@ -142,27 +164,37 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     served = _serve_and_predict(root, rows.head(5))
     assert served == pred["prediction"].astype(str).head(5).tolist()
 
-    # nothing changed: nothing retrains, no new version, no alias moves, dvc agrees
-    second = pipeline(overrides=[])
+    # the same overrides again: the same workspace, nothing retrains, no new version, no alias
+    # moves, dvc agrees
+    second = pipeline(overrides=tiny)
+    assert second["workspace"] == first["workspace"]
     outcomes = _outcomes(second)
     # ingest looks at the source on every run; the same content leaves data/raw as it was
     assert {outcomes[s] for s in ("validate", "preprocess", "tune", "train")} == {"skipped"}
     assert outcomes["evaluate"] == "skipped" and outcomes["register"] == "skipped"
     assert _versions() == [1]
     assert str(c.get_model_version_by_alias(NAME, "champion").version) == "1"
-    status = subprocess.run([DVC, "status"], cwd=root, capture_output=True, text=True)
+    status = subprocess.run([DVC, "status"], cwd=ws, capture_output=True, text=True)
     assert status.stdout.split() == ["ingest:", "always", "changed"], status.stdout
+    # the run is a DVC experiment of the checkout, with its params and metrics
+    shown = subprocess.run(
+        [DVC, "exp", "show", "--json"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    assert first["experiment"] in shown and "accuracy" in shown
 
-    # one training parameter changed: train and what follows re-run, tune does not
-    third = pipeline(overrides=["train.max_epochs=1"])
+    # one training parameter changed: a workspace of its own; what tune and the stages before
+    # it made comes from DVC's shared run cache, train and what follows re-run
+    third = pipeline(overrides=[*tiny, "train.max_epochs=1"])
     outcomes = _outcomes(third)
-    assert outcomes["tune"] == "skipped" and outcomes["preprocess"] == "skipped"
+    assert third["workspace"] != first["workspace"]
+    assert outcomes["tune"] == "restored"
     assert outcomes["train"] == "ran" and outcomes["evaluate"] == "ran"
 
     # a worse challenger (a learning rate too small to learn) is not promoted
     champion_before = str(c.get_model_version_by_alias(NAME, "champion").version)
     worse = pipeline(
         overrides=[
+            *tiny,
             "tune.space.train.lr={low: 0.000001, high: 0.000002, log: true}",
             "promote.threshold=null",
         ]
@@ -173,6 +205,8 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     assert tags["promotion.decision"] == "rejected"
     assert f"champion v{champion_before}" in tags["promotion.reason"]
     assert worse["promotion"]["promoted"] is False
+    assert (root / "params.yaml").read_bytes() == params_before
+    assert _git_status(root, "--untracked-files=no") == ""
 
 
 def _table(path: Path, n: int = 240, seed: int = 0, rename: dict | None = None) -> Path:
@@ -217,7 +251,7 @@ def test_bring_your_own_csv_infers_then_enforces_its_suite(dvc_project, tiny):
     # a refreshed source whose schema changed fails loudly against the saved suite
     _table(src, seed=1, rename={"income": "salary"})
     with pytest.raises(DataValidationError) as err:
-        pipeline(overrides=[])
+        pipeline(overrides=[*tiny, *BYO, f"data.source={src}", "data.target=label"])
     assert "salary" in str(err.value) and "\n" not in str(err.value)
     versions = tracking.client().search_model_versions(f"name='{name}'")
     assert [str(v.version) for v in versions] == ["1"]
@@ -306,9 +340,15 @@ def test_bad_input_stops_before_training_with_one_line(dvc_project, tiny, case):
 
     make, extra, message = BAD_INPUTS[case]
     src = make(dvc_project)
+    overrides = [*tiny, *BYO, f"data.source={src}", *extra]
+    params_before = (dvc_project / "params.yaml").read_bytes()
     with pytest.raises((DataError, DataValidationError)) as err:
-        pipeline(overrides=[*tiny, *BYO, f"data.source={src}", *extra])
+        pipeline(overrides=overrides)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
     assert tracking.client().search_registered_models() == []
-    assert not (dvc_project / "data/train").exists()
+    ws = dvc_project / ".dlops/workspaces" / overrides_key(overrides)
+    assert not (ws / "data/train").exists() and not (dvc_project / "data/train").exists()
+    # a failed run leaves the checkout as it was
+    assert (dvc_project / "params.yaml").read_bytes() == params_before
+    assert _git_status(dvc_project, "--untracked-files=no") == ""
