@@ -41,6 +41,17 @@ class StageReport:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+def _markdown(key: str, title: str, rows: dict[str, Any]) -> None:
+    """A short markdown artifact on the task run (the Prefect UI's view of a stage)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    lines = [f"### {title}", "", "| | |", "|---|---|"]
+    for name, value in rows.items():
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {name} | {redact(text).replace('|', '/')} |")
+    create_markdown_artifact(markdown="\n".join(lines), key=key, description=title)
+
+
 def _dvc_stage(name: str, fn: Any) -> tuple[StageReport, Any]:
     start = time.perf_counter()
     outcome, value = _recorder.get().reproduce(name, fn)
@@ -58,6 +69,7 @@ def ingest(cfg: Config) -> StageReport:
     report, _ = _dvc_stage("ingest", lambda: stage.run(cfg))
     m = Manifest.load(cfg.paths.raw_dir)
     report.detail = {"rows": m.rows, "modality": m.modality, "task": m.task, "source": m.source}
+    _markdown("ingest", f"ingest: {report.outcome}", report.detail)
     return report
 
 
@@ -66,7 +78,11 @@ def validate(cfg: Config, parent_run_id: str) -> StageReport:
     """Great Expectations suite on the raw data; a failure stops the flow here."""
     from tasks import validate as stage
 
-    report, _ = _dvc_stage("validate", lambda: stage.run(cfg, mlflow_run_id=parent_run_id))
+    try:
+        report, _ = _dvc_stage("validate", lambda: stage.run(cfg, mlflow_run_id=parent_run_id))
+    except stage.DataValidationError as exc:
+        _markdown("validation", "validation: failed", {"reason": str(exc)})
+        raise
     result = read_json(Path(cfg.paths.validation_dir) / "result.json")
     report.detail = {"success": result.get("success")}
     if report.outcome != Outcome.RAN.value:
@@ -75,6 +91,12 @@ def validate(cfg: Config, parent_run_id: str) -> StageReport:
             parent_run_id, str(Path(cfg.paths.validation_dir) / "result.json"), "validation"
         )
         c.set_tag(parent_run_id, "validation.success", str(bool(result.get("success"))).lower())
+    stats = result.get("statistics", {})
+    _markdown(
+        "validation",
+        f"validation: {'passed' if result.get('success') else 'failed'} ({report.outcome})",
+        {k: stats[k] for k in ("evaluated_expectations", "successful_expectations") if k in stats},
+    )
     return report
 
 
@@ -88,6 +110,7 @@ def preprocess(cfg: Config, parent_run_id: str) -> StageReport:
     info = read_json(split)
     tracking.client().log_artifact(parent_run_id, str(split), "preprocess")
     report.detail = {**info["counts"], "leakage": info["leakage"]["fraction"]}
+    _markdown("preprocess", f"preprocess: {report.outcome}", report.detail)
     return report
 
 
@@ -99,6 +122,11 @@ def tune(cfg: Config, parent_run_id: str) -> StageReport:
     report, _ = _dvc_stage("tune", lambda: stage.run(cfg, parent_run_id=parent_run_id))
     best = read_json(cfg.paths.best_params)
     report.detail = {k: best[k] for k in ("study", "best_trial", "params", "n_pruned")}
+    _markdown(
+        "best-trial",
+        f"tune: best trial {best['best_trial']} ({report.outcome})",
+        {"study": best["study"], "val/loss": best.get("value"), **best["params"]},
+    )
     return report
 
 
@@ -114,6 +142,7 @@ def train(cfg: Config, parent_run_id: str) -> StageReport:
         "train", lambda: stage.run(cfg, parent_run_id=parent_run_id, resume=resume)
     )
     report.detail = read_json(cfg.paths.train_metrics)
+    _markdown("training", f"train: {report.outcome}", report.detail)
     return report
 
 
@@ -124,6 +153,7 @@ def evaluate(cfg: Config) -> StageReport:
 
     report, _ = _dvc_stage("evaluate", lambda: stage.run(cfg))
     report.detail = read_json(cfg.paths.metrics)
+    _markdown("test-metrics", f"test metrics ({report.outcome})", report.detail)
     return report
 
 
@@ -141,6 +171,7 @@ def register(
     outcome = "ran" if r.created else "skipped"
     seconds = round(time.perf_counter() - start, 2)
     get_run_logger().info("register: %s version %s (%s)", r.name, r.version, outcome)
+    _markdown("register", f"register: {r.name} v{r.version}", {"new version": r.created})
     return StageReport("register", outcome, seconds, {"name": r.name, "version": r.version})
 
 
@@ -153,6 +184,11 @@ def promote(cfg: Config, name: str, version: str) -> StageReport:
     r = stage.run(cfg, name, version)
     seconds = round(time.perf_counter() - start, 2)
     get_run_logger().info("promote: %s", r.reason)
+    _markdown(
+        "promotion",
+        f"promotion: {'promoted' if r.promoted else 'not promoted'}",
+        {"reason": r.reason, "champion": r.champion_version, "score": r.new_score},
+    )
     return StageReport("promote", "ran", seconds, asdict(r))
 
 
@@ -187,6 +223,27 @@ def flat_params(cfg: Config) -> dict[str, str]:
     return out
 
 
+def _link(parent: str, flow_run_id: Any) -> None:
+    """Link the Prefect flow run and the MLflow parent run both ways (tags, a link artifact)."""
+    from prefect.artifacts import create_link_artifact
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_UI_URL
+
+    c = tracking.client()
+    ui = PREFECT_UI_URL.value()
+    if ui:
+        c.set_tag(parent, "prefect.flow_run_url", f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}")
+    create_link_artifact(
+        key="mlflow-run",
+        link=tracking.run_url(parent),
+        link_text=f"MLflow run {parent}",
+        description="the MLflow parent run of this flow run",
+    )
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        client.update_flow_run(flow_run_id, tags=[*run.tags, f"mlflow-run:{parent}"])
+
+
 def _open_parent(cfg: Config, ws: workspace.Workspace, flow_run_id: Any) -> str:
     tags = {
         "dlops.stage": "pipeline",
@@ -196,6 +253,8 @@ def _open_parent(cfg: Config, ws: workspace.Workspace, flow_run_id: Any) -> str:
     }
     parent = tracking.start_run(cfg.register_.experiment, "pipeline", tags=tags)
     tracking.log_params(parent, flat_params(cfg))
+    if flow_run_id is not None:
+        _link(parent, flow_run_id)
     return parent
 
 
@@ -231,8 +290,9 @@ def pipeline(overrides: list[str] | None = None) -> dict[str, Any]:
                 raise
             finally:
                 suites = workspace.copy_back_new(ws, cfg.paths.suites_dir)
-        # the run's DVC lock is released: DVC's experiment executor takes it itself
+        # the run's DVC lock is released: DVC's experiment executor (and push) take it
         experiment = workspace.save_experiment(ws, cfg, suites)
+        pushed = workspace.push_outputs(ws) if _deployment_run() else None
         total = round(time.perf_counter() - start, 2)
         c = tracking.client()
         for r in reports:
@@ -241,6 +301,8 @@ def pipeline(overrides: list[str] | None = None) -> dict[str, Any]:
         c.log_metric(parent, "time/total_s", total)
         if experiment:
             c.set_tag(parent, "dvc.experiment", experiment)
+        if pushed is not None:
+            c.set_tag(parent, "dvc.pushed", str(pushed))
         tracking.end_run(parent)
     return {
         "parent_run_id": parent,

@@ -264,3 +264,13 @@ def save_experiment(ws: Workspace, cfg: Config, new_files: list[Path] = ()) -> s
     with Repo(str(ws.root)) as repo:
         repo.experiments.save(name=ws.experiment, force=True, include_untracked=keep)
     return ws.experiment
+
+
+def push_outputs(ws: Workspace) -> int:
+    """Push the run's DVC outputs to the configured remote (deployment runs: the shared one)."""
+    from dvc.repo import Repo
+
+    with Repo(str(ws.root)) as repo:
+        if not repo.config["remote"]:
+            return 0
+        return int(repo.push())

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from tasks.redact import redact_url
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -74,3 +76,11 @@ def log_params(run_id: str, params: dict[str, object]) -> None:
     from mlflow.entities import Param
 
     client().log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+
+def run_url(run_id: str) -> str:
+    """Where a run is shown: the tracking server's page, or `mlflow ui`'s for a local store."""
+    uri = tracking_uri()
+    exp = client().get_run(run_id).info.experiment_id
+    base = redact_url(uri.rstrip("/")) if uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{exp}/runs/{run_id}"

@@ -1,29 +1,61 @@
-"""`dlops deploy`: schedule the pipeline on a Prefect work pool."""
+"""`dlops deploy`: nightly retraining and a data watch, as Prefect deployments on a work pool."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    """Create the work pool and a scheduled deployment of the pipeline."""
-    from flows.deploy import deploy
+    """Register the nightly and the data-triggered deployments on a process work pool."""
+    from flows.deploy import DATA_CHANGED, NIGHTLY, PIPELINE_FLOW, WATCH_FLOW, deploy
+    from tasks.config import ConfigError, load_config
+    from tasks.redact import redact
 
-    deployment_id = deploy(
-        name=args.name, pool=args.pool, cron=args.cron or None, overrides=args.set
-    )
+    try:
+        load_config(overrides=args.set)  # the deployments' overrides must be valid now
+        done = deploy(
+            pool=args.pool,
+            nightly_cron=args.cron or None,
+            watch_cron=args.watch_cron or None,
+            overrides=args.set,
+            repository=args.repo,
+            branch=args.branch,
+        )
+    except (ConfigError, RuntimeError) as exc:
+        print(f"dlops: {redact(exc)}", file=sys.stderr)
+        return 2
     print(
-        f"deployment {args.name} ({deployment_id}) on work pool {args.pool!r}, cron {args.cron!r}"
+        f"deployments on work pool {args.pool!r}, code cloned from {redact(done.repository)}"
+        f"{f' (branch {done.branch})' if done.branch else ''} for every run:"
     )
-    print(f"start a worker to run it: prefect worker start --pool {args.pool}")
+    print(f"  {PIPELINE_FLOW}/{NIGHTLY}  cron {args.cron!r}  ({done.nightly})")
+    print(f"  {WATCH_FLOW}/{DATA_CHANGED}  cron {args.watch_cron!r}  ({done.data_changed})")
+    print(f"run one now: prefect deployment run {PIPELINE_FLOW}/{NIGHTLY}")
+    print(f"workers pick them up: prefect worker start --pool {args.pool}  (make up starts two)")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `deploy`."""
-    dep = sub.add_parser("deploy", help="schedule the pipeline on a Prefect process work pool")
-    dep.add_argument("--name", default="dlops-scheduled")
-    dep.add_argument("--pool", default="dlops")
-    dep.add_argument("--cron", default="0 3 * * *", help="cron schedule ('' for none)")
-    dep.add_argument("-S", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    from flows.deploy import NIGHTLY_CRON, POOL, WATCH_CRON
+
+    dep = sub.add_parser(
+        "deploy", help="schedule the pipeline (nightly + when the data changes) on a work pool"
+    )
+    dep.add_argument("--pool", default=POOL, help="Prefect process work pool (created if new)")
+    dep.add_argument("--cron", default=NIGHTLY_CRON, help="the nightly schedule ('' for none)")
+    dep.add_argument(
+        "--watch-cron", default=WATCH_CRON, help="how often to check the data ('' for none)"
+    )
+    dep.add_argument("--repo", help="git repository the workers clone (default: DLOPS_REPO)")
+    dep.add_argument("--branch", help="branch to clone (default: the checkout's)")
+    dep.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="overrides for the deployments' runs (their own clone; params.yaml untouched)",
+    )
     dep.set_defaults(func=cmd_deploy)
