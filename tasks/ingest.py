@@ -207,7 +207,9 @@ def _fetch_images(fs: Any, path: str, dest: Path, budget: _Budget, shown: str) -
     except Exception as exc:
         raise _reading(shown, "the folder listing", exc) from exc
     entries = []
-    for name, info in sorted(listing.items()):
+    # files first: an escaping member is named, not the folders its name implies
+    ordered = sorted(listing.items(), key=lambda e: (e[1].get("type") == "directory", e[0]))
+    for name, info in ordered:
         rel = _member(name, root, info, shown)
         if not rel:
             continue
@@ -246,7 +248,11 @@ def fetch(
         else:  # info, not isdir: http's isdir downloads the whole body to look for links
             info = fs.info(path)
             exists, is_dir = True, info.get("type") == "directory"
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        # fsspec's http reports any refusal (403: bad credentials or signature) as not found
+        cause = exc.__cause__
+        if cause is not None and getattr(cause, "status", None) not in (None, 404):
+            raise _reading(shown, "the source", cause) from exc
         exists = False
     except Exception as exc:  # remote filesystems raise their own errors
         raise _reading(shown, "the source", exc) from exc

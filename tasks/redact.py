@@ -29,7 +29,12 @@ _MIN_QUERY_SECRET = 8  # query values shorter than this (`1`, `true`) are not si
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password and query string masked; other text is returned as it is."""
+    """The URL with its password and query string masked; other text is returned as it is.
+
+    An fsspec chain (`zip://member::https://user:pw@host/a.zip?sig`) is redacted link by link.
+    """
+    if "::" in url:
+        return "::".join(redact_url(link) for link in url.split("::"))
     try:
         parts = urlsplit(url)
     except ValueError:
