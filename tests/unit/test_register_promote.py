@@ -34,11 +34,13 @@ PROBA = [f"proba_{k}" for k in range(10)]
 
 
 def make_cfg(tmp_path: Path, *extra: str) -> Config:
+    """The tiny model's folders, relative to tmp_path (the cwd under `sqlite_mlflow`)."""
+    assert Path.cwd() == tmp_path
     return load_config(
         PARAMS,
         overrides=[
-            f"paths.train_dir={tmp_path / 'train'}",
-            f"paths.processed_dir={tmp_path / 'processed'}",
+            "paths.train_dir=train",
+            "paths.processed_dir=processed",
             f"register.model_name={NAME}",
             "register.experiment=unit",
             "promote.threshold=0.5",
@@ -406,8 +408,8 @@ def test_cli_entry_points_and_champion_shortcut(
     write_overrides(
         params,
         [
-            f"paths.train_dir={tiny_model.train_dir}",
-            f"paths.processed_dir={tiny_model.processed_dir}",
+            f"paths.train_dir={tiny_model.train_dir.relative_to(tmp_path)}",
+            f"paths.processed_dir={tiny_model.processed_dir.relative_to(tmp_path)}",
             f"register.model_name={NAME}",
             "register.experiment=unit",
             "promote.threshold=0.5",
