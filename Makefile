@@ -32,8 +32,8 @@ lock:
 	test -x $(BIN)/python
 	{ echo "# Constraints for make install: the resolved set CI tested (make lock rewrites it)."; \
 	  echo "# torch is pinned by the Makefile ($(TORCH)); the project itself is not listed."; \
-	  $(BIN)/python -m pip freeze --exclude-editable --disable-pip-version-check \
-	    | grep -v -i -E '^(torch|dlops)==' ; } > $(LOCK).tmp
+	  $(BIN)/python -m pip freeze --all --exclude-editable --disable-pip-version-check \
+	    | grep -v -i -E '^(torch|dlops|pip)==' ; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
 
 install: $(STAMP)
