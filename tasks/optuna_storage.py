@@ -79,8 +79,8 @@ def _rdb_url(value: str) -> str:
     scheme = value.split("://", 1)[0].lower() if "://" in value else ""
     if scheme.split("+", 1)[0] not in RDB_SCHEMES:
         raise StorageError(
-            f"{STORAGE_ENV}: expected a database URL ({', '.join(RDB_SCHEMES)}, e.g. "
-            f"postgresql+psycopg2://user:password@host:5432/db), got {redact(value)!r}"
+            f"{STORAGE_ENV}: expected a SQLAlchemy database URL ({', '.join(RDB_SCHEMES)}), "
+            f"got {redact(value)!r}"
         )
     return value
 
