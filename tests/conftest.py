@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,18 @@ def loopback(tmp_path: Path):
     yield make
     for s in servers:
         s.close()
+
+
+@pytest.fixture
+def postgres_db():
+    """A fresh database on the machine's PostgreSQL (127.0.0.1:5432, trust auth), dropped after."""
+    name = f"dlops_test_{uuid.uuid4().hex[:10]}"
+    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c"]
+    try:
+        subprocess.run([*psql, f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        if os.environ.get("CI"):  # CI runs PostgreSQL: its absence is a failure there
+            raise
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 ({exc})")
+    yield name
+    subprocess.run([*psql, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)

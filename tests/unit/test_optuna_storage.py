@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
@@ -94,19 +92,6 @@ def test_an_unreachable_database_fails_in_one_line_with_the_cause_chained(worksp
     assert "Connection refused" in message or "connection" in message.lower()
     assert PASSWORD not in message and "\n" not in message
     assert err.value.__cause__ is not None
-
-
-@pytest.fixture
-def postgres_db():
-    """A fresh database on the machine's PostgreSQL (127.0.0.1:5432, trust auth), dropped after."""
-    name = f"dlops_test_{uuid.uuid4().hex[:10]}"
-    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c"]
-    try:
-        subprocess.run([*psql, f"CREATE DATABASE {name}"], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 ({exc})")
-    yield name
-    subprocess.run([*psql, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
 
 
 def test_a_postgresql_url_with_a_password_opens_a_shared_study(
