@@ -431,7 +431,10 @@ def main() -> None:
     """Entry point for `python -m tasks.ingest` (dvc.yaml): exit non-zero on bad data."""
     import sys
 
+    from tasks.runtime import setup
+
     argparse.ArgumentParser(description=__doc__).parse_args()
+    setup()  # .env, and redaction of logs and tracebacks (the source URL may carry secrets)
     try:
         r = run(load_config())
     except DataError as exc:

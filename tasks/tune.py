@@ -191,8 +191,16 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
 
 def main() -> None:
     """Entry point for `python -m tasks.tune` (dvc.yaml)."""
+    import sys
+
+    from tasks.runtime import setup
+
     argparse.ArgumentParser(description=__doc__).parse_args()
-    r = run(load_config())
+    setup()  # .env (DLOPS_OPTUNA_STORAGE), and redaction of logs and tracebacks
+    try:
+        r = run(load_config())
+    except optuna_storage.StorageError as exc:
+        sys.exit(f"tune: {exc}")
     print(
         f"tune: best trial {r.best_trial} of {r.study_name} val/loss {r.best_value:.4f} "
         f"{r.best_params} ({r.n_complete} complete, {r.n_pruned} pruned)"
