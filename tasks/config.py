@@ -161,6 +161,23 @@ class Paths(_Frozen):
     def _relative(cls, value: str) -> str:
         return check_relative_path(value)
 
+    @model_validator(mode="after")
+    def _apart(self) -> Paths:
+        # a stage replaces or deletes its own folder: one output must not hold another
+        items = list(self.model_dump().items())
+        for key, value in items:
+            for other, inner in items:
+                if key != other and inner == value:
+                    raise ValueError(
+                        f"paths.{key} and paths.{other} are both {value!r}: keep outputs apart"
+                    )
+                if key != other and inner.startswith(f"{value}/"):
+                    raise ValueError(
+                        f"paths.{key} {value!r} holds paths.{other} {inner!r}: keep outputs "
+                        "apart (a stage replaces its folder)"
+                    )
+        return self
+
     def check_inside(self, root: str | Path | None = None) -> None:
         """At use time: no path resolves outside `root` (default: cwd) through a symlink."""
         for key, value in self.model_dump().items():

@@ -85,6 +85,16 @@ def test_path_forms_that_would_reach_outside_or_the_code_are_refused(workspace, 
     assert problem in refused(workspace, f"paths.checkpoint_dir={value}")
 
 
+def test_one_output_path_may_not_hold_another(workspace):
+    assert refused(workspace, "paths.checkpoint_dir=data").endswith(
+        "paths: paths.checkpoint_dir 'data' holds paths.raw_dir 'data/raw': keep outputs apart "
+        "(a stage replaces its folder)"
+    )
+    assert refused(workspace, "paths.train_dir=data/raw").endswith(
+        "paths: paths.raw_dir and paths.train_dir are both 'data/raw': keep outputs apart"
+    )
+
+
 def test_paths_are_normalized_and_may_nest(workspace):
     cfg = cfg_for(workspace, "paths.checkpoint_dir=./data//ckpt/../checkpoints/")
     assert cfg.paths.checkpoint_dir == "data/checkpoints"
