@@ -82,15 +82,28 @@ def _url_secrets(value: str) -> set[str]:
     return found
 
 
+_cache: tuple[dict[Any, Any] | None, list[str]] = (None, [])
+
+
 def secret_values() -> list[str]:
-    """Secrets held in the environment, longest first."""
+    """Secrets held in the environment, longest first (recomputed when the environment changes).
+
+    Every log record is redacted: the environment is compared (a C-level dict comparison of
+    CPython's raw environ mapping) rather than scanned again each time.
+    """
+    global _cache
+    raw = getattr(os.environ, "_data", None)
+    if raw is not None and _cache[0] == raw:
+        return _cache[1]
     found: set[str] = set()
-    for key, value in os.environ.items():
-        if _SECRET_ENV.search(key):
+    for name, value in os.environ.items():
+        if _SECRET_ENV.search(name):
             found.add(value)
         if "://" in value:
             found |= _url_secrets(value)
-    return sorted((v for v in found if len(v) >= _MIN_SECRET), key=len, reverse=True)
+    values = sorted((v for v in found if len(v) >= _MIN_SECRET), key=len, reverse=True)
+    _cache = (dict(raw) if raw is not None else None, values)
+    return values
 
 
 def redact(text: object) -> str:
@@ -109,15 +122,28 @@ class RedactFilter(logging.Filter):
         return True
 
 
+def _redacted_value(value: Any) -> Any:
+    """A log argument redacted; left as it is (type included) when it holds no secret."""
+    if value is None or isinstance(value, int | float):
+        return value  # `%d` and `%.2f` keep working
+    text = str(value)
+    masked = redact(text)
+    return value if masked == text else masked
+
+
 def redact_record(record: logging.LogRecord) -> logging.LogRecord:
-    """Format the record's message and traceback now, redacted (idempotent)."""
+    """Redact a record's message, arguments, traceback and stack in place (idempotent).
+
+    The arguments stay arguments (formatters such as uvicorn's access log unpack them); only
+    those that hold a URL or a secret are replaced by their redacted text.
+    """
     if getattr(record, "_dlops_redacted", False):
         return record
-    try:
-        message = record.getMessage()
-    except (TypeError, ValueError):  # bad %-arguments: keep what logging would show
-        message = f"{record.msg} {record.args}"
-    record.msg, record.args = redact(message), None
+    record.msg = _redacted_value(record.msg)
+    if isinstance(record.args, dict):
+        record.args = {k: _redacted_value(v) for k, v in record.args.items()}
+    elif isinstance(record.args, tuple):
+        record.args = tuple(_redacted_value(v) for v in record.args)
     if record.exc_info and record.exc_info[0] is not None:
         record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
     if record.stack_info:

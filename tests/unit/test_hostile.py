@@ -445,3 +445,9 @@ def test_the_filter_redacts_message_arguments_and_traceback():
     formatted = logging.Formatter().format(record)
     assert "OSError: refused: https://u:***@h/x?***" in formatted
     assert PASSWORD not in formatted and "5e1f0c7d9a8b4e2f" not in formatted
+    # arguments without secrets stay as they are: formatters that unpack them keep working
+    plain = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, "%s %d", ("GET", 200), None
+    )
+    RedactFilter().filter(plain)
+    assert plain.args == ("GET", 200) and plain.getMessage() == "GET 200"
