@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import shutil
 import tempfile
@@ -194,9 +195,17 @@ def _member(name: str, root: str, info: dict[str, Any], shown: str) -> str:
             f"{shown}: member {name!r} escapes the destination (.. or an absolute path); "
             "refusing the source"
         )
-    if info.get("linkname") or info.get("islink"):
-        raise DataError(f"{shown}: member {name!r} is a link; links are not followed")
+    if info.get("linkname") or (info.get("islink") and not _link_inside(name, root)):
+        raise DataError(
+            f"{shown}: member {name!r} is a link out of the source; links are not followed"
+        )
     return rel.rstrip("/")
+
+
+def _link_inside(name: str, root: str) -> bool:
+    """A local folder's symlink that resolves inside the folder (archives' links never do)."""
+    real_root = os.path.realpath(root)
+    return os.path.realpath(name).startswith(real_root + os.sep)
 
 
 def _fetch_images(fs: Any, path: str, dest: Path, budget: _Budget, shown: str) -> None:

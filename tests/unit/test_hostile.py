@@ -295,9 +295,29 @@ def test_an_archive_member_that_escapes_is_refused_and_nothing_is_written(
 def test_a_link_inside_a_tar_is_refused(workspace, tmp_path):
     archive = write_tar(tmp_path / "a.tar.gz", image_members(), {"pets/cat/x.png": "/etc/passwd"})
     cfg = cfg_for(workspace, f"data.source=tar://pets::file://{archive}")
-    with pytest.raises(DataError, match=r"member 'pets/cat/x.png' is a link; links are not"):
+    with pytest.raises(DataError, match=r"member 'pets/cat/x.png' is a link out of the source"):
         ingest.run(cfg)
     assert not Path(cfg.paths.raw_dir).exists()
+
+
+def test_a_local_folder_may_link_inside_itself_not_out(workspace, tmp_path_factory):
+    pets = tmp_path_factory.mktemp("pets")
+    for name, data in image_members("").items():
+        (pets / name).parent.mkdir(parents=True, exist_ok=True)
+        (pets / name).write_bytes(data)
+    (pets / "dog" / "again.png").symlink_to(pets / "cat" / "0.png")
+    m = ingest.run(cfg_for(workspace, f"data.source={pets}")).manifest
+    assert m.rows == 13
+    secret = tmp_path_factory.mktemp("private") / "key.png"
+    secret.write_bytes(png(7))
+    (pets / "cat" / "stolen.png").symlink_to(secret)
+    cfg = cfg_for(workspace, f"data.source={pets}")
+    with pytest.raises(DataError) as err:
+        ingest.run(cfg)
+    assert str(err.value) == (
+        f"{pets}: member '{pets}/cat/stolen.png' is a link out of the source; links are not "
+        "followed"
+    )
 
 
 def test_too_many_files_is_refused_before_copying(workspace, tmp_path):
