@@ -144,8 +144,8 @@ class _CountingWriter:
 
 def _reading(shown: str, what: str, exc: Exception) -> DataError:
     """A one-line DataError for a failed read, the library's message redacted."""
-    detail = redact(one_line(exc, 160)) or type(exc).__name__
-    return DataError(f"{shown}: cannot read {what} ({detail})")
+    detail = one_line(exc, 160) or type(exc).__name__
+    return DataError(redact(f"{shown}: cannot read {what} ({detail})"))
 
 
 def _open_fs(source: str, shown: str) -> tuple[Any, str]:
@@ -192,12 +192,14 @@ def _member(name: str, root: str, info: dict[str, Any], shown: str) -> str:
         or any(p in ("..", ".") for p in parts)
     ):
         raise DataError(
-            f"{shown}: member {name!r} escapes the destination (.. or an absolute path); "
-            "refusing the source"
+            redact(
+                f"{shown}: member {name!r} escapes the destination (.. or an absolute path); "
+                "refusing the source"
+            )
         )
     if info.get("linkname") or (info.get("islink") and not _link_inside(name, root)):
         raise DataError(
-            f"{shown}: member {name!r} is a link out of the source; links are not followed"
+            redact(f"{shown}: member {name!r} is a link out of the source; links are not followed")
         )
     return rel.rstrip("/")
 
@@ -416,7 +418,7 @@ def run(cfg: Config) -> IngestResult:
         try:
             manifest = describe(cfg, tmp, file, source, sha)
         except DataError as exc:  # name the user's source, not the temporary copy
-            raise DataError(str(exc).replace(str(tmp / file), source)) from exc
+            raise DataError(str(exc).replace(str(tmp / file), source)) from exc.__cause__
         manifest = replace(manifest, params_hash=cfg.section_hash("data"))
         manifest.save(tmp)
         with atomic_dir(raw_dir) as out:
