@@ -25,6 +25,7 @@ MASK = "***"
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`]+")
 _SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|TOKEN|SECRET|_KEY$|CREDENTIALS)", re.IGNORECASE)
 _MIN_SECRET = 4  # shorter values would mask ordinary words
+_TRAILING = ".,:;!?)]}"  # punctuation after a URL in text is not part of it
 _MIN_QUERY_SECRET = 8  # query values shorter than this (`1`, `true`) are not signatures
 
 
@@ -106,9 +107,15 @@ def secret_values() -> list[str]:
     return values
 
 
+def _redact_match(m: re.Match[str]) -> str:
+    url = m.group(0)
+    kept = len(url.rstrip(_TRAILING))  # `<URL>: message`, `(<URL>).`: punctuation stays
+    return redact_url(url[:kept]) + url[kept:]
+
+
 def redact(text: object) -> str:
     """Text with every URL redacted and every secret environment value masked."""
-    out = _URL.sub(lambda m: redact_url(m.group(0)), str(text))
+    out = _URL.sub(_redact_match, str(text))
     for value in secret_values():
         out = out.replace(value, MASK)
     return out

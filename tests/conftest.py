@@ -10,6 +10,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import dvc as _dvc  # noqa: F401  (binds its log handler to sys.stderr on import: before capsys)
 import pytest
 
 from flows.cli import configure_environment

@@ -409,6 +409,11 @@ def test_redact_url(url, shown):
     assert has_secrets(url) == (shown != url)
 
 
+def test_redact_keeps_the_text_around_urls():
+    text = f"https://u:{PASSWORD}@h/x.csv?{SIGNATURE}: cannot read (see https://h/doc)."
+    assert redact(text) == "https://u:***@h/x.csv?***: cannot read (see https://h/doc)."
+
+
 def test_secrets_held_in_url_variables_are_masked_anywhere(monkeypatch):
     monkeypatch.setenv("DLOPS_OPTUNA_STORAGE", f"postgresql://app:{PASSWORD}@db/optuna")
     monkeypatch.setenv("DLOPS_DATA_URL", f"https://h/x.csv?{SIGNATURE}")
