@@ -12,14 +12,29 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export GX_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS ?= true
 
-.PHONY: install run test test-fast lint format bench repro clean
+TORCH  := torch==2.13.0
+LOCK   := requirements.lock
 
-# torch first, pinned: the CPU build, so that no dependency resolves a CUDA build.
-$(STAMP): pyproject.toml
+.PHONY: install lock run test test-fast lint format bench repro clean
+
+# torch first, pinned: the CPU build, so that no dependency resolves a CUDA build. Then the
+# project with every other package at the version CI tested (requirements.lock, constraints).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
+
+# Refresh the lock from the installed venv after changing pyproject.toml's dependencies:
+# `pip install -e '.[dev]'` (or -U some-package), then `make lock` and commit requirements.lock.
+# torch is left out: the line above pins it (a CPU or CUDA build of the same version).
+lock:
+	test -x $(BIN)/python
+	{ echo "# Constraints for make install: the resolved set CI tested (make lock rewrites it)."; \
+	  echo "# torch is pinned by the Makefile ($(TORCH)); the project itself is not listed."; \
+	  $(BIN)/python -m pip freeze --all --exclude-editable --disable-pip-version-check \
+	    | grep -v -i -E '^(torch|dlops|pip)==' ; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
 
 install: $(STAMP)
 

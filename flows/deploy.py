@@ -44,7 +44,7 @@ class Deployed:
 
 
 def ensure_process_pool(pool: str) -> None:
-    """Create the process work pool if the server does not have it yet."""
+    """Create the process work pool unless the server has it; one of another type is an error."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
@@ -52,8 +52,13 @@ def ensure_process_pool(pool: str) -> None:
     with get_client(sync_client=True) as client:
         try:
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-        except ObjectAlreadyExists:
-            return
+        except ObjectAlreadyExists as exc:  # created before: it must be a process pool
+            existing = client.read_work_pool(pool)
+            if existing.type != "process":
+                raise ValueError(
+                    f"work pool {pool!r} exists with type {existing.type!r}, not 'process': "
+                    "choose another --pool"
+                ) from exc
 
 
 def default_repository(root: str | Path = ".") -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +21,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from tasks.redact import has_secrets, redact
 
 PARAMS_FILE = "params.yaml"
 
@@ -53,15 +57,93 @@ LOWER_IS_BETTER = ("rmse", "mae")
 
 
 class ConfigError(ValueError):
-    """A params.yaml value or an override is invalid; the message names the key."""
+    """A params.yaml value or an override is invalid; the message names the key.
+
+    The message is redacted (an override may carry a URL with credentials).
+    """
+
+    def __init__(self, message: object) -> None:
+        super().__init__(redact(message))
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# First components a `paths.*` value may not start with: the project's own code, config and
+# tooling (a stage replaces or deletes its output folders: `checkpoint_dir=tasks` must not be).
+RESERVED_PATHS = (
+    ".git",
+    ".dvc",
+    ".dlops",
+    ".venv",
+    ".env",
+    "flows",
+    "tasks",
+    "models",
+    "serving",
+    "infra",
+    "tests",
+    "benchmarks",
+    "params.yaml",
+    "dvc.yaml",
+    "dvc.lock",
+    "pyproject.toml",
+    "prefect.yaml",
+    "Makefile",
+    "README.md",
+)
+
+
+def check_relative_path(value: str) -> str:
+    """A `paths.*` value as a normalized relative POSIX path inside the project, else ValueError.
+
+    Refused: absolute paths (`/x`, `~/x`, `C:/x`), `..` that leaves the project, the project
+    root itself, backslashes, and the project's own code and config (`tasks/`, `.git/`, ...).
+    """
+    text = str(value).strip()
+    if not text:
+        raise ValueError("must be a relative path inside the project, got an empty value")
+    if "\\" in text or "\0" in text:
+        raise ValueError(f"{text!r}: use forward slashes, no backslashes or NUL bytes")
+    if text.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", text) or "://" in text:
+        raise ValueError(f"{text!r} is absolute: use a path relative to the project root")
+    parts: list[str] = []
+    for part in text.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise ValueError(f"{text!r} leaves the project (..): keep it inside")
+            parts.pop()
+            continue
+        parts.append(part)
+    if not parts:
+        raise ValueError(f"{text!r} is the project root itself: name a folder or file inside it")
+    if parts[0] in RESERVED_PATHS:
+        raise ValueError(f"{text!r} is inside the project's own {parts[0]}: choose another path")
+    return "/".join(parts)
+
+
+def inside_project(path: str | Path, root: str | Path | None = None) -> Path:
+    """`root/path` with symlinks resolved, refusing one that leaves `root` (default: cwd).
+
+    For an existing file the folder holding it is checked (DVC may link a cached file from a
+    shared cache); folders and paths not yet written are resolved themselves.
+    """
+    base = Path(root if root is not None else Path.cwd()).resolve()
+    target = base / path
+    checked = target.parent if target.is_file() else target
+    resolved = checked.resolve()
+    if not resolved.is_relative_to(base):
+        raise ConfigError(
+            f"{path}: resolves to {resolved}, outside the project {base} (a symbolic link?)"
+        )
+    return target
+
+
 class Paths(_Frozen):
-    """Every file a stage reads or writes, relative to the project root."""
+    """Every file a stage reads or writes, relative to the project root (and staying inside)."""
 
     raw_dir: str
     suites_dir: str
@@ -74,19 +156,129 @@ class Paths(_Frozen):
     metrics: str
     plots_dir: str
 
+    @field_validator("*")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        return check_relative_path(value)
+
+    @model_validator(mode="after")
+    def _apart(self) -> Paths:
+        # a stage replaces or deletes its own folder: one output must not hold another
+        items = list(self.model_dump().items())
+        for key, value in items:
+            for other, inner in items:
+                if key != other and inner == value:
+                    raise ValueError(
+                        f"paths.{key} and paths.{other} are both {value!r}: keep outputs apart"
+                    )
+                if key != other and inner.startswith(f"{value}/"):
+                    raise ValueError(
+                        f"paths.{key} {value!r} holds paths.{other} {inner!r}: keep outputs "
+                        "apart (a stage replaces its folder)"
+                    )
+        return self
+
+    def check_inside(self, root: str | Path | None = None) -> None:
+        """At use time: no path resolves outside `root` (default: cwd) through a symlink."""
+        for key, value in self.model_dump().items():
+            try:
+                inside_project(value, root)
+            except ConfigError as exc:
+                raise ConfigError(f"paths.{key}: {exc}") from exc
+
+
+# data.source: the protocols a source may use (`local`: a plain path), the archive formats that
+# may wrap them (`zip://member::<inner URL>`), and the environment indirection for secrets.
+DEFAULT_PROTOCOLS = ("local", "file", "http", "https", "s3")
+CONTAINER_PROTOCOLS = ("zip", "tar")
+ENV_PREFIX = "env:"
+DATA_URL_ENV = "DLOPS_DATA_URL"  # what `dlops run --data <URL with credentials>` sets
+_DATA_ENV_NAME = re.compile(r"^DLOPS_DATA[A-Z0-9_]*$")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
+
+
+def source_chain(source: str) -> list[tuple[str, str]]:
+    """(protocol, rest) of each link of an fsspec chain, outermost first; `local` for a path.
+
+    `zip://pets::https://host/imgs.zip` -> [("zip", "pets"), ("https", "host/imgs.zip")].
+    """
+    links = []
+    parts = source.split("::")
+    for i, link in enumerate(parts):
+        m = _SCHEME.match(link)
+        if m:
+            links.append((m.group(1).lower(), m.group(2)))
+        elif i < len(parts) - 1 and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*$", link):
+            links.append((link.lower(), ""))  # fsspec's `simplecache::<URL>` form
+        else:
+            links.append(("local", link))
+    return links
+
+
+def resolve_source(source: str) -> str:
+    """The source itself, or for `env:DLOPS_DATA_...` the value of that environment variable."""
+    if not source.startswith(ENV_PREFIX):
+        return source
+    name = source[len(ENV_PREFIX) :]
+    if not _DATA_ENV_NAME.match(name):
+        raise ValueError(
+            f"{source!r}: env: reads only variables named DLOPS_DATA..., e.g. "
+            f"{ENV_PREFIX}{DATA_URL_ENV}"
+        )
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ValueError(
+            f"{source}: the environment variable {name} is not set (export it, or pass the URL "
+            "with dlops run --data)"
+        )
+    return value
+
+
+def check_protocols(source: str, allowed: tuple[str, ...] | list[str]) -> None:
+    """Refuse a source whose protocols are not allowed (ValueError, the URL never shown).
+
+    A chain is archives (zip, tar) wrapping one location; the location's protocol must be in
+    `allowed`, and the archives are allowed when it is.
+    """
+    chain = source_chain(source)
+    *containers, (location, _) = chain
+    for proto, _ in containers:
+        if proto not in CONTAINER_PROTOCOLS:
+            raise ValueError(
+                f"protocol {proto!r} cannot wrap another source (only "
+                f"{', '.join(CONTAINER_PROTOCOLS)} can, as zip://member::<URL>)"
+            )
+    if location in CONTAINER_PROTOCOLS:
+        raise ValueError(f"{location}:// needs the archive's location after '::'")
+    if location not in allowed:
+        raise ValueError(
+            f"protocol {location!r} is not allowed (data.protocols: {', '.join(allowed)})"
+        )
+
+
+def _inner_path(source: str) -> str:
+    """The path the modality and name come from: the innermost member, else the archive."""
+    chain = source_chain(source)
+    for _, rest in chain:
+        if rest.strip("/"):
+            return rest.split("?", 1)[0]
+    return ""
+
 
 def infer_modality(source: str) -> str:
     """The modality of a source from its name alone (no I/O): suffix, else a folder of images."""
-    name = source.rstrip("/").lower()
+    chain = source_chain(source)
+    name = _inner_path(source).rstrip("/").lower()
     if name.endswith(TABLE_SUFFIXES):
         return "tables"
     if name.endswith(SEQUENCE_SUFFIXES):
         return "sequences"
-    if re.search(r"\.[a-z0-9]{1,8}$", name.rsplit("/", 1)[-1]):
+    archive_root = len(chain) > 1 and not chain[0][1].strip("/")  # zip://::<URL of a.zip>
+    if not archive_root and re.search(r"\.[a-z0-9]{1,8}$", name.rsplit("/", 1)[-1]):
         raise ValueError(
-            f"cannot infer the modality of {source!r} from its suffix: expected a CSV or Parquet "
-            "file (tables), an .npz (sequences) or a folder of class sub-folders (images); "
-            "set data.modality"
+            f"cannot infer the modality of {redact(source)!r} from its suffix: expected a CSV or "
+            "Parquet file (tables), an .npz (sequences) or a folder of class sub-folders "
+            "(images); set data.modality"
         )
     return "images"
 
@@ -95,17 +287,43 @@ class DataConfig(_Frozen):
     """Which data ingest copies: a built-in set, or the user's source (path or fsspec URI)."""
 
     dataset: Literal["digits", "breast_cancer", "wine", "diabetes", "waveforms"] = "digits"
+    # before `source`: its validator reads them
+    protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
+    max_bytes: int = Field(5_000_000_000, ge=1)
+    max_files: int = Field(200_000, ge=1)
     source: str | None = None
     modality: Literal["auto", "tables", "images", "sequences"] = "auto"
     target: str = "target"
     task: Literal["auto", "classification", "regression"] = "auto"
     group: str | None = None
 
+    @field_validator("protocols")
+    @classmethod
+    def _protocols(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = tuple(str(p).strip().lower() for p in value)
+        for proto in out:
+            if proto in CONTAINER_PROTOCOLS:
+                raise ValueError(
+                    f"{proto} is allowed whenever the archive's own location is: list that one"
+                )
+            if proto != "local" and not re.match(r"^[a-z][a-z0-9+.-]*$", proto):
+                raise ValueError(f"{proto!r} is not a protocol name")
+        return out
+
     @field_validator("source")
     @classmethod
-    def _source(cls, value: str | None) -> str | None:
-        if value is not None and not str(value).strip():
+    def _source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not str(value).strip():
             return None
+        value = str(value).strip()
+        if has_secrets(value):
+            raise ValueError(
+                "a URL with credentials or a query string must not be in params.yaml (dvc.lock, "
+                f"MLflow and the logs would record it): export {DATA_URL_ENV}='<the URL>' and "
+                f"set data.source={ENV_PREFIX}{DATA_URL_ENV} (dlops run --data does both)"
+            )
+        resolved = resolve_source(value)
+        check_protocols(resolved, info.data.get("protocols", DEFAULT_PROTOCOLS))
         return value
 
     @model_validator(mode="after")
@@ -118,17 +336,28 @@ class DataConfig(_Frozen):
                     f"({modality})"
                 )
         elif self.modality == "auto":
-            infer_modality(self.source)
+            infer_modality(self.resolved_source)
         if self.group is not None and self.resolved_modality != "tables":
             raise ValueError("data.group applies to tables only")
         return self
+
+    @property
+    def resolved_source(self) -> str | None:
+        """The source to read, `env:DLOPS_DATA_...` resolved (may hold secrets: never log it)."""
+        return None if self.source is None else resolve_source(self.source)
+
+    @property
+    def shown_source(self) -> str | None:
+        """The source as it may be recorded and printed (credentials and queries masked)."""
+        return None if self.source is None else redact(self.resolved_source)
 
     @property
     def name(self) -> str:
         """A short name for the data: the built-in's, or the source's file or folder stem."""
         if self.source is None:
             return self.dataset
-        stem = self.source.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+        inner = _inner_path(self.resolved_source).rstrip("/")
+        stem = inner.rsplit("/", 1)[-1].split(".", 1)[0]
         return re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "data"
 
     @property
@@ -138,7 +367,7 @@ class DataConfig(_Frozen):
             return BUILTINS[self.dataset][0]
         if self.modality != "auto":
             return self.modality
-        return infer_modality(self.source)
+        return infer_modality(self.resolved_source)
 
     @property
     def known_task(self) -> str | None:
@@ -299,8 +528,23 @@ class TuneConfig(_Frozen):
     timeout_s: float | None = Field(60, gt=0)
     max_epochs: int = Field(8, ge=1)
     pruner: Literal["hyperband", "median", "none"] = "hyperband"
-    storage: str | None = None
+    # auto: $DLOPS_OPTUNA_STORAGE when set, else the journal file; journal; memory (in-process).
+    # Never a URL: it would reach dvc.lock and MLflow (see tasks.optuna_storage).
+    storage: Literal["auto", "journal", "memory"] = "auto"
     space: dict[str, Dimension] = Field(default_factory=dict)
+
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _storage(cls, value: Any) -> Any:
+        if isinstance(value, str) and ("://" in value or ":" in value):
+            raise ValueError(
+                "a storage URL must not be in params.yaml (dvc.lock and MLflow would record it, "
+                "password included): export DLOPS_OPTUNA_STORAGE='<URL>' and keep tune.storage "
+                "auto"
+            )
+        if value is None:
+            raise ValueError("null is not a storage: use memory (in-process), journal or auto")
+        return value
 
     @field_validator("space")
     @classmethod
@@ -602,7 +846,9 @@ def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 def load_config(path: str | Path = PARAMS_FILE, overrides: list[str] | None = None) -> Config:
     """Read, override and validate params.yaml."""
     raw = apply_overrides(read_params(path), list(overrides or []))
-    return validate_params(raw, str(path))
+    cfg = validate_params(raw, str(path))
+    cfg.paths.check_inside()  # at use time: symlinks may lead out of the project
+    return cfg
 
 
 def write_overrides(

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import BUILTINS, Config, load_config, require_task
+from models.preprocessing import one_line
+from tasks.config import BUILTINS, Config, DataConfig, load_config, require_task
+from tasks.redact import redact
 from tasks.sources import (
     IMAGE_SUFFIXES,
     IMAGES_DIR,
@@ -97,47 +102,187 @@ def waveforms(n: int = 1200, length: int = 64, seed: int = 1234) -> dict[str, np
 # -- user sources --------------------------------------------------------------------------------
 
 
-def _open_fs(source: str) -> tuple[Any, str]:
+CHUNK = 1 << 20  # bytes per read while streaming a source
+
+
+class _Budget:
+    """What a source may still bring: bytes (data.max_bytes) and files (data.max_files)."""
+
+    def __init__(self, max_bytes: int, max_files: int, shown: str) -> None:
+        self.max_bytes, self.max_files, self.shown = max_bytes, max_files, shown
+        self.bytes = self.files = 0
+
+    def add_file(self, size: int | None = None) -> None:
+        self.files += 1
+        if self.files > self.max_files:
+            raise DataError(
+                f"{self.shown}: more than {self.max_files} files (data.max_files); refusing it"
+            )
+        if size:
+            self.add_bytes(size, declared=True)
+
+    def add_bytes(self, n: int, declared: bool = False) -> None:
+        self.bytes += n
+        if self.bytes > self.max_bytes:
+            what = "declares" if declared else "holds"
+            raise DataError(
+                f"{self.shown}: {what} more than {self.max_bytes} bytes (data.max_bytes); "
+                "refusing it"
+            )
+
+
+class _CountingWriter:
+    """A file wrapper that charges every written chunk to the budget (raises when exceeded)."""
+
+    def __init__(self, fh: Any, budget: _Budget) -> None:
+        self.fh, self.budget = fh, budget
+
+    def write(self, data: bytes) -> int:
+        self.budget.add_bytes(len(data))
+        return self.fh.write(data)
+
+
+def _reading(shown: str, what: str, exc: Exception) -> DataError:
+    """A one-line DataError for a failed read, the library's message redacted."""
+    detail = one_line(exc, 160) or type(exc).__name__
+    return DataError(redact(f"{shown}: cannot read {what} ({detail})"))
+
+
+def _open_fs(source: str, shown: str) -> tuple[Any, str]:
     import fsspec
 
     try:
         fs, path = fsspec.core.url_to_fs(source)
-    except (ImportError, ValueError) as exc:
-        raise DataError(f"{source}: cannot open ({exc})") from None
+    except Exception as exc:  # unknown protocol, missing driver (s3fs), bad URL
+        raise _reading(shown, "the source", exc) from exc
     return fs, path
 
 
-def fetch(source: str, dest_dir: Path, modality: str) -> str:
-    """Copy a source into dest_dir in the modality's layout; return the copy's relative path."""
-    fs, path = _open_fs(source)
+def _copy(fs: Any, path: str, target: Path, budget: _Budget, shown: str) -> None:
+    """Stream one file of the source to `target` in chunks, charging the byte budget."""
+    # http(s): block_size=0 streams the response instead of fetching ranges or the whole body
+    kwargs = {"block_size": 0} if "http" in _protocols(fs) else {}
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        exists = fs.exists(path)
-        is_dir = exists and fs.isdir(path)
+        with fs.open(path, "rb", **kwargs) as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, _CountingWriter(dst, budget), CHUNK)
+    except DataError:
+        raise
     except Exception as exc:  # remote filesystems raise their own errors
-        raise DataError(f"{source}: cannot read ({exc})") from None
+        raise _reading(shown, repr(path) if path else "the source", exc) from exc
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _member(name: str, root: str, info: dict[str, Any], shown: str) -> str:
+    """A listed entry's path relative to the source folder; escaping or linked -> DataError."""
+    if root and name.rstrip("/") == root:
+        return ""
+    prefix = f"{root}/" if root else ""
+    rel = name[len(prefix) :] if name.startswith(prefix) else None
+    parts = rel.rstrip("/").split("/") if rel else []
+    if (
+        rel is None
+        or rel.startswith("/")
+        or "\\" in rel
+        or re.match(r"^[A-Za-z]:", rel)
+        or any(p in ("..", ".") for p in parts)
+    ):
+        raise DataError(
+            redact(
+                f"{shown}: member {name!r} escapes the destination (.. or an absolute path); "
+                "refusing the source"
+            )
+        )
+    if info.get("linkname") or (info.get("islink") and not _link_inside(name, root)):
+        raise DataError(
+            redact(f"{shown}: member {name!r} is a link out of the source; links are not followed")
+        )
+    return rel.rstrip("/")
+
+
+def _link_inside(name: str, root: str) -> bool:
+    """A local folder's symlink that resolves inside the folder (archives' links never do)."""
+    real_root = os.path.realpath(root)
+    return os.path.realpath(name).startswith(real_root + os.sep)
+
+
+def _fetch_images(fs: Any, path: str, dest: Path, budget: _Budget, shown: str) -> None:
+    """Copy root/<class>/<image> files; top-level files (no class) and other files are skipped."""
+    root = path.rstrip("/")
+    try:
+        listing = fs.find(root, withdirs=True, detail=True)
+    except Exception as exc:
+        raise _reading(shown, "the folder listing", exc) from exc
+    entries = []
+    # files first: an escaping member is named, not the folders its name implies
+    ordered = sorted(listing.items(), key=lambda e: (e[1].get("type") == "directory", e[0]))
+    for name, info in ordered:
+        rel = _member(name, root, info, shown)
+        if not rel:
+            continue
+        is_dir = info.get("type") == "directory"
+        if not is_dir:
+            budget.add_file(info.get("size"))
+        entries.append((name, rel, is_dir))
+    for name, rel, is_dir in entries:
+        target = dest / rel
+        if is_dir and "/" not in rel:
+            target.mkdir(parents=True, exist_ok=True)  # list_images names empty classes
+        elif not is_dir and "/" in rel and rel.lower().endswith(IMAGE_SUFFIXES):
+            _copy(fs, name, target, budget, shown)
+
+
+def fetch(
+    source: str,
+    dest_dir: Path,
+    modality: str,
+    max_bytes: int = DataConfig.model_fields["max_bytes"].default,
+    max_files: int = DataConfig.model_fields["max_files"].default,
+) -> str:
+    """Copy a source into dest_dir in the modality's layout; return the copy's relative path.
+
+    Files are streamed in chunks, never read whole; a source larger than `max_bytes` or with
+    more than `max_files` files, or an archive member that escapes the destination, is refused.
+    Messages show the source redacted (no password, no query string).
+    """
+    shown = redact(source)
+    budget = _Budget(max_bytes, max_files, shown)
+    fs, path = _open_fs(source, shown)
+    try:
+        if modality == "images":
+            exists = fs.exists(path)
+            is_dir = exists and fs.isdir(path)
+        else:  # info, not isdir: http's isdir downloads the whole body to look for links
+            info = fs.info(path)
+            exists, is_dir = True, info.get("type") == "directory"
+    except FileNotFoundError as exc:
+        # fsspec's http reports any refusal (403: bad credentials or signature) as not found
+        cause = exc.__cause__
+        if cause is not None and getattr(cause, "status", None) not in (None, 404):
+            raise _reading(shown, "the source", cause) from exc
+        exists = False
+    except Exception as exc:  # remote filesystems raise their own errors
+        raise _reading(shown, "the source", exc) from exc
     if not exists:
-        raise DataError(f"{source}: file not found")
+        raise DataError(f"{shown}: file not found")
     if modality == "images":
         if not is_dir:
-            raise DataError(f"{source}: images need a folder root/<class>/<image>, got a file")
-        root = path.rstrip("/")
-        for f in fs.find(root, withdirs=True):
-            rel = f[len(root) :].lstrip("/")
-            target = dest_dir / IMAGES_DIR / rel
-            if rel and "/" not in rel and fs.isdir(f):
-                target.mkdir(parents=True, exist_ok=True)  # list_images names empty classes
-            elif "/" in rel and f.lower().endswith(IMAGE_SUFFIXES):  # top level: no class
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(fs.cat_file(f))
+            raise DataError(f"{shown}: images need a folder root/<class>/<image>, got a file")
+        _fetch_images(fs, path, dest_dir / IMAGES_DIR, budget, shown)
         return IMAGES_DIR
     if is_dir:
-        raise DataError(f"{source}: expected a file for {modality}, got a folder")
-    suffix = Path(path).suffix.lower()
+        raise DataError(f"{shown}: expected a file for {modality}, got a folder")
+    budget.add_file(info.get("size"))
+    suffix = Path(path.split("?", 1)[0]).suffix.lower()
     if modality == "sequences":
         name = "data.npz"
     else:
         name = "data.parquet" if suffix in (".parquet", ".pq") else f"data{suffix or '.csv'}"
-    (dest_dir / name).write_bytes(fs.cat_file(path))
+    _copy(fs, path, dest_dir / name, budget, shown)
     return name
 
 
@@ -187,7 +332,7 @@ def describe(cfg: Config, raw_dir: Path, file: str, source: str, sha256: str) ->
     if modality == "tables":
         frame = read_table(path)
         target = TARGET if cfg.data.source is None else cfg.data.target
-        where = cfg.data.source or cfg.data.dataset
+        where = cfg.data.shown_source or cfg.data.dataset
         if target not in frame.columns:
             shown = ", ".join(map(str, frame.columns[:8])) + (
                 ", ..." if frame.shape[1] > 8 else ""
@@ -206,7 +351,7 @@ def describe(cfg: Config, raw_dir: Path, file: str, source: str, sha256: str) ->
         arrays = read_sequences(path)
         labels, rows = arrays["y"], len(arrays["y"])
         fixed_test = "x_test" in arrays
-    where = f"{cfg.data.source or cfg.data.dataset}"
+    where = f"{cfg.data.shown_source or cfg.data.dataset}"
     if modality == "images":
         task = "classification"
     elif cfg.data.task != "auto":
@@ -261,8 +406,9 @@ def run(cfg: Config) -> IngestResult:
         tmp = Path(scratch) / "raw"
         tmp.mkdir()
         if cfg.data.source:
-            source = cfg.data.source
-            file = fetch(source, tmp, cfg.modality)
+            source = cfg.data.shown_source  # recorded: credentials and query masked
+            d = cfg.data
+            file = fetch(d.resolved_source, tmp, cfg.modality, d.max_bytes, d.max_files)
         else:
             source = f"builtin:{cfg.data.dataset}"
             file = write_builtin(cfg.data.dataset, cfg.modality, tmp)
@@ -272,7 +418,7 @@ def run(cfg: Config) -> IngestResult:
         try:
             manifest = describe(cfg, tmp, file, source, sha)
         except DataError as exc:  # name the user's source, not the temporary copy
-            raise DataError(str(exc).replace(str(tmp / file), source)) from None
+            raise DataError(str(exc).replace(str(tmp / file), source)) from exc.__cause__
         manifest = replace(manifest, params_hash=cfg.section_hash("data"))
         manifest.save(tmp)
         with atomic_dir(raw_dir) as out:
@@ -296,7 +442,10 @@ def main() -> None:
     """Entry point for `python -m tasks.ingest` (dvc.yaml): exit non-zero on bad data."""
     import sys
 
+    from tasks.runtime import setup
+
     argparse.ArgumentParser(description=__doc__).parse_args()
+    setup()  # .env, and redaction of logs and tracebacks (the source URL may carry secrets)
     try:
         r = run(load_config())
     except DataError as exc:

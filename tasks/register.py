@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from tasks import tracking
 from tasks.config import PARAMS_FILE, Config, load_config
+from tasks.redact import redact
 from tasks.utils import file_sha256, read_json
 
 if TYPE_CHECKING:
@@ -98,7 +99,8 @@ def run(cfg: Config, lineage: dict[str, str], parent_run_id: str | None = None) 
         except MlflowException as exc:
             raise LookupError(
                 f"training run {run_id} (from {train_dir / 'model.json'}) is not in the tracking "
-                f"store {tracking.tracking_uri()}: retrain, or point MLFLOW_TRACKING_URI at it"
+                f"store {redact(tracking.tracking_uri())}: retrain, or point MLFLOW_TRACKING_URI "
+                "at it"
             ) from exc
         info, _ = log_model(train_dir, run_id, input_example(cfg))
         tags = {**{k: str(v) for k, v in lineage.items()}, SHA_TAG: sha256}

@@ -5,6 +5,8 @@
   it writes at the project root; values already in the environment win.
 - `DLOPS_HOME` names the project checkout (the embedded MLflow store, the Optuna journal and
   the DVC cache live there) even when a run executes in a workspace elsewhere.
+- Secrets never reach the logs: every log record and uncaught traceback goes through
+  `tasks.redact` (URL passwords, query strings, secret environment values).
 Light on purpose: `dlops --help` imports this module, so nothing heavy is imported here.
 """
 
@@ -30,6 +32,8 @@ LOCAL_ENV = {
 ENV_FILE = ".env"
 HOME_VAR = "DLOPS_HOME"
 LOGGER = "dlops"
+# Loggers whose handlers get the redaction filter (records are redacted at creation as well).
+REDACTED_LOGGERS = (LOGGER, "prefect", "prefect.flow_runs", "prefect.task_runs")
 
 _done = False
 
@@ -100,6 +104,9 @@ def setup(root: str | Path | None = None) -> Path:
     else:
         os.environ.setdefault(HOME_VAR, str(home()))
     load_env_file(os.environ[HOME_VAR])
+    from tasks.redact import install_log_redaction
+
+    install_log_redaction(*REDACTED_LOGGERS)
     if not _done:
         # Noise from the stack that says nothing about the user's run.
         warnings.filterwarnings("ignore", ".*does not have many workers.*")

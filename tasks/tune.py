@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks import tracking
+from tasks import optuna_storage, tracking
 from tasks.config import Choices, Config, FloatRange, IntRange, load_config
 from tasks.train import build_module, data_info, make_trainer
 from tasks.utils import write_json
@@ -81,7 +82,10 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     t = cfg.tune
-    study_name = f"{cfg.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = optuna_storage.resolve(cfg)
+    opened = storage.open()  # before any MLflow run: a bad storage fails fast, in one line
+    # unique in a shared storage (journal, database): two studies may start in one second
+    study_name = f"{cfg.model_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
     # Trials nest under the pipeline's parent run; without a flow, under the tune run itself.
     tune_run = tracking.start_run(
         cfg.register_.experiment, "tune", parent_run_id, tags={"dlops.stage": "tune"}
@@ -138,7 +142,7 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
     try:
         study = optuna.create_study(
             study_name=study_name,
-            storage=t.storage,
+            storage=opened,
             direction="minimize",
             sampler=optuna.samplers.TPESampler(seed=cfg.seed),
             pruner=make_pruner(t.pruner, t.max_epochs),
@@ -176,6 +180,7 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
         tracking.log_params(tune_run, {f"best.{k}": v for k, v in best.params.items()})
         c.log_metric(tune_run, f"best/{VAL_LOSS}", result.best_value)
         c.set_tag(tune_run, "optuna.study", study_name)
+        c.set_tag(tune_run, "optuna.storage", storage.label)  # redacted: no password
         c.set_tag(tune_run, "optuna.best_trial", str(best.number))
     except BaseException:
         tracking.end_run(tune_run, failed=True)
@@ -186,8 +191,16 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
 
 def main() -> None:
     """Entry point for `python -m tasks.tune` (dvc.yaml)."""
+    import sys
+
+    from tasks.runtime import setup
+
     argparse.ArgumentParser(description=__doc__).parse_args()
-    r = run(load_config())
+    setup()  # .env (DLOPS_OPTUNA_STORAGE), and redaction of logs and tracebacks
+    try:
+        r = run(load_config())
+    except optuna_storage.StorageError as exc:
+        sys.exit(f"tune: {exc}")
     print(
         f"tune: best trial {r.best_trial} of {r.study_name} val/loss {r.best_value:.4f} "
         f"{r.best_params} ({r.n_complete} complete, {r.n_pruned} pruned)"

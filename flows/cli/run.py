@@ -10,6 +10,7 @@ from typing import Any
 
 
 def _summary(result: dict[str, Any]) -> str:
+    from tasks.redact import redact
     from tasks.tracking import tracking_uri
 
     m, model, promo = result["metrics"], result["model"], result["promotion"]
@@ -28,7 +29,7 @@ def _summary(result: dict[str, Any]) -> str:
     verdict = "is the champion" if promo["promoted"] else "did not become the champion"
     lines.append(f"version {model['version']} {verdict}: {promo['reason']}")
     lines.append(f"champion now: {model['name']}@champion = version {promo['champion_version']}")
-    uri = tracking_uri()
+    uri = redact(tracking_uri())
     lines.append("look at it:")
     lines.append(
         f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (runs, plots, registry)"
@@ -49,10 +50,24 @@ def _summary(result: dict[str, Any]) -> str:
 
 
 def data_overrides(data: str | None) -> list[str]:
-    """`--data PATH`: the source, with modality and task inferred again (absolute local paths)."""
+    """`--data PATH`: the source, with modality and task inferred again (absolute local paths).
+
+    A URL with credentials or a query string (presigned) is put in this run's environment as
+    `DLOPS_DATA_URL` and recorded as `env:DLOPS_DATA_URL`: the secret never reaches params.yaml,
+    dvc.lock or MLflow.
+    """
+    import os
+
+    from tasks.config import DATA_URL_ENV, ENV_PREFIX
+    from tasks.redact import has_secrets
+
     if not data:
         return []
-    source = data if "://" in data else str(Path(data).expanduser().resolve())
+    if has_secrets(data):
+        os.environ[DATA_URL_ENV] = data
+        source = f"{ENV_PREFIX}{DATA_URL_ENV}"
+    else:
+        source = data if "://" in data else str(Path(data).expanduser().resolve())
     return [f"data.source={source}", "data.modality=auto", "data.task=auto"]
 
 
@@ -69,8 +84,11 @@ def _preflight(overrides: list[str]) -> Any:
     from tasks.sources import DataError
 
     cfg = load_config(overrides=overrides)
+    from tasks.config import ENV_PREFIX
+
     source = cfg.data.source
-    if source and ("://" not in source or source.startswith("file://")):
+    local = source and ("://" not in source or source.startswith("file://"))
+    if local and not source.startswith(ENV_PREFIX):
         path = Path(source.removeprefix("file://"))
         if not path.exists():
             raise DataError(f"{source}: file not found")

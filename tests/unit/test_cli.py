@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import build_parser, find_project_root, main
+from flows.cli import find_project_root, main
 
 
 def test_help_does_not_import_torch():
@@ -13,9 +13,16 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-def test_run_parses_repeated_overrides():
-    args = build_parser().parse_args(["run", "-S", "train.max_epochs=5", "-S", "seed=1"])
-    assert args.set == ["train.max_epochs=5", "seed=1"]
+def test_repeated_overrides_are_validated_together_before_anything_runs(workspace, capsys):
+    before = Path("params.yaml").read_text()
+    with pytest.raises(SystemExit) as exc:
+        # each alone is valid; together warm-up outlasts training
+        main(["run", "-S", "train.warmup_epochs=5", "-S", "train.max_epochs=5"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "dlops: params.yaml: train: warmup_epochs must be below max_epochs"
+    assert Path("params.yaml").read_text() == before
+    assert not Path("data").exists() and not Path("mlflow.db").exists()
 
 
 def test_project_root_is_found_from_a_subfolder(workspace):
@@ -62,6 +69,29 @@ def test_data_option_with_an_unknown_suffix_is_rejected_in_one_line(workspace, c
     assert "cannot infer the modality of" in err and "table.xlsx" in err and "\n" not in err
 
 
-def test_train_parses_resume():
-    args = build_parser().parse_args(["train", "--resume", "-S", "train.lr=0.01"])
-    assert args.resume is True and args.set == ["train.lr=0.01"]
+@pytest.mark.slow
+def test_train_resume_with_nothing_to_resume_trains_from_scratch_then_skips(
+    dvc_project, tiny, capsys
+):
+    from tasks import ingest, preprocess, tune
+    from tasks.config import write_overrides
+
+    cfg = write_overrides("params.yaml", [*tiny, "data.dataset=wine"])
+    ingest.run(cfg)
+    preprocess.run(cfg)
+    tune.run(cfg)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert f"train: nothing to resume in {cfg.paths.checkpoint_dir}; starting from scratch" in out
+    assert "train: best val/acc " in out and "at epoch " in out and "of 2; MLflow run " in out
+    assert (dvc_project / cfg.paths.train_dir / "model.pt").is_file()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume"])
+    assert exc.value.code == 0
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .endswith("train: skipped (nothing changed since the last training)")
+    )

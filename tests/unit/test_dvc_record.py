@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows.dvc_record import Outcome, reproduce
@@ -61,9 +62,7 @@ def test_failed_stage_records_nothing(dvc_project):
     def boom():
         raise RuntimeError("stage failed")
 
-    try:
+    with pytest.raises(RuntimeError, match="stage failed"):
         reproduce(root, "ingest", boom)
-    except RuntimeError:
-        pass
     assert not (root / "dvc.lock").exists()
     assert reproduce(root, "ingest", lambda: ingest.run(_cfg()))[0] is Outcome.RAN

@@ -90,11 +90,40 @@ def test_step_schedule_decays_by_gamma():
     assert seen == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
 
 
-def test_gradient_clipping_reaches_the_trainer(workspace):
+def _one_sgd_step(grad_clip: str) -> tuple[float, float]:
+    """(gradient norm before clipping, norm of the step / lr) of one plain-SGD step."""
     from tasks.train import make_trainer
 
-    cfg = load_config("params.yaml", ["train.grad_clip=0.5"])
-    assert make_trainer(cfg, 1, []).gradient_clip_val == 0.5
+    def flat(tensors) -> torch.Tensor:
+        return torch.cat([t.detach().flatten().clone() for t in tensors])
+
+    seen: dict[str, torch.Tensor] = {}
+
+    class Record(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # before clipping
+            seen["grad"] = flat(p.grad for p in pl_module.parameters())
+            seen["before"] = flat(pl_module.parameters())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["after"] = flat(pl_module.parameters())
+
+    cfg = load_config("params.yaml", [f"train.grad_clip={grad_clip}"])
+    L.seed_everything(0, verbose=False)
+    module = ClassifierModule(
+        spec=SPEC, optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, scheduler="none"
+    )
+    trainer = make_trainer(cfg, 1, [Record()], limit_train_batches=1, limit_val_batches=0)
+    train, val = _loaders()
+    trainer.fit(module, train, val)
+    step = torch.linalg.vector_norm(seen["before"] - seen["after"]).item()  # lr 1: the gradient
+    return torch.linalg.vector_norm(seen["grad"]).item(), step
+
+
+def test_gradient_clipping_bounds_the_step(workspace):
+    grad, step = _one_sgd_step("null")
+    assert grad > 0.1 and step == pytest.approx(grad, rel=1e-4)  # unclipped: the whole gradient
+    grad, step = _one_sgd_step("0.01")
+    assert grad > 0.1 and step == pytest.approx(0.01, rel=1e-3)  # clipped to the norm 0.01
 
 
 @pytest.mark.parametrize(

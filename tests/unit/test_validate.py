@@ -26,15 +26,22 @@ SHA = "0" * 64  # the manifest's hash of the source: copied into result.json
 
 
 def overrides(tmp: Path, source: str, *extra: str) -> list[str]:
+    """Output paths are relative to the project: tests run in `tmp` (see `_in_tmp`)."""
+    assert Path.cwd() == tmp
     return [
-        f"paths.raw_dir={tmp / 'raw'}",
-        f"paths.suites_dir={tmp / 'suites'}",
-        f"paths.validation_dir={tmp / 'validation'}",
+        "paths.raw_dir=raw",
+        "paths.suites_dir=suites",
+        "paths.validation_dir=validation",
         f"data.source={source}",
         f"validate.min_rows={MIN_ROWS}",
         f"validate.min_rows_per_class={MIN_PER_CLASS}",
         *extra,
     ]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
 
 
 def make_cfg(tmp: Path, source: str, *extra: str) -> Config:
@@ -102,10 +109,13 @@ def table_cfg(tmp: Path, frame: pd.DataFrame, task: str = "classification", *ext
 def table_suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The suite inferred from the base table (one GX run for all the enforcement cases)."""
     tmp = tmp_path_factory.mktemp("table_suite")
-    cfg = table_cfg(tmp, base_table())
-    result = run(cfg)
-    assert result.success and result.suite_inferred
-    return {"path": suite_file(cfg), "result": result, "report": report(cfg), "cfg": cfg}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        cfg = table_cfg(tmp, base_table())
+        result = run(cfg)
+        assert result.success and result.suite_inferred
+        rep = report(cfg)
+    return {"path": tmp / suite_file(cfg), "result": result, "report": rep, "cfg": cfg}
 
 
 def test_table_suite_is_inferred_saved_then_enforced(
@@ -163,7 +173,7 @@ def test_table_suite_is_inferred_saved_then_enforced(
     rep = report(cfg)
     assert rep["success"] is True and rep["failed"] == []
     assert rep["suite"] == str(path) and rep["suite_inferred"] is False
-    assert rep["raw_sha256"] == SHA and rep["raw_path"] == str(tmp_path / "raw" / "data.csv")
+    assert rep["raw_sha256"] == SHA and rep["raw_path"] == "raw/data.csv"
     assert rep["rows"] == N_ROWS and rep["modality"] == "tables"
     assert rep["per_class_counts"] == {"cat": 30, "dog": 30}
     assert rep["statistics"]["evaluated_expectations"] == second.n_expectations
@@ -182,7 +192,7 @@ def test_table_suite_is_inferred_saved_then_enforced(
     )
     assert per_class["observed_value"] == 30 and per_class["row_condition"] == "label == cat"
     # The Data Docs: one validation page, nothing left over from the atomic swap.
-    assert second.docs_path == tmp_path / "validation" / "html" / "index.html"
+    assert second.docs_path.resolve() == tmp_path / "validation" / "html" / "index.html"
     assert "Great Expectations" in second.docs_path.read_text()
     pages = list((tmp_path / "validation" / "html" / "validations").rglob("*.html"))
     assert len(pages) == 1
@@ -300,7 +310,7 @@ def test_enforced_suite_rejects_a_changed_source(
     error = fails(cfg)
 
     message = str(error)
-    raw = tmp_path / "raw" / "data.csv"
+    raw = Path("raw", "data.csv")
     assert message.startswith(f"validation failed for {raw}: ")
     for phrase in phrases:
         assert phrase in message
@@ -338,7 +348,7 @@ def test_single_class_is_rejected_and_no_suite_is_inferred(tmp_path: Path) -> No
 
     error = fails(cfg)
 
-    raw = tmp_path / "raw" / "data.csv"
+    raw = Path("raw", "data.csv")
     assert str(error) == (
         f"validation failed for {raw}: min_classes(label): 1 class, need at least 2 (only 'cat')"
     )
@@ -427,7 +437,7 @@ def test_missing_data_file_names_the_file(tmp_path: Path) -> None:
 
     error = fails(cfg)
 
-    assert str(error) == f"validation failed for {tmp_path / 'raw' / 'data.csv'}: file not found"
+    assert str(error) == "validation failed for raw/data.csv: file not found"
     assert error.result is None
     assert not (tmp_path / "validation").exists()
 
@@ -437,7 +447,7 @@ def test_missing_manifest_names_it(tmp_path: Path) -> None:
 
     error = fails(cfg)
 
-    raw = tmp_path / "raw"
+    raw = Path("raw")
     assert str(error) == (
         f"validation failed for {raw}: {raw / 'manifest.json'}: no manifest; "
         "run the ingest stage first"
@@ -453,8 +463,7 @@ def test_unreadable_suite_names_it(tmp_path: Path) -> None:
     error = fails(cfg)
 
     assert str(error).startswith(
-        f"validation failed for {tmp_path / 'raw' / 'data.csv'}: suite {suite_file(cfg)}: "
-        "not a readable JSON file ("
+        f"validation failed for raw/data.csv: suite {suite_file(cfg)}: not a readable JSON file ("
     )
     assert error.result is None
 
@@ -471,7 +480,7 @@ def test_invalid_expectation_in_an_edited_suite_is_named(
     error = fails(cfg)
 
     assert str(error) == (
-        f"validation failed for {tmp_path / 'raw' / 'data.csv'}: suite {suite_file(cfg)}: "
+        f"validation failed for raw/data.csv: suite {suite_file(cfg)}: "
         "expectation 2 (expect_column_values_to_be_fancy) is not valid "
         "(expect_column_values_to_be_fancy not found)"
     )
@@ -486,7 +495,7 @@ def test_suite_of_another_modality_is_refused(tmp_path: Path, table_suite: dict[
     error = fails(cfg)
 
     assert str(error) == (
-        f"validation failed for {tmp_path / 'raw' / 'images'}: suite {suite_file(cfg)}: "
+        f"validation failed for raw/images: suite {suite_file(cfg)}: "
         "inferred for tables data, the data is images (delete the suite to infer a new one)"
     )
 
@@ -567,7 +576,7 @@ def test_corrupt_images_are_named(tmp_path: Path) -> None:
 
     error = fails(cfg)
 
-    images = tmp_path / "raw" / "images"
+    images = Path("raw", "images")
     assert str(error) == (
         f"validation failed for {images}: expect_column_values_to_be_in_set(decodes): "
         "2 of 25 files do not decode: cat/bad.png, dog/000.png"
@@ -724,7 +733,7 @@ def test_main_exits_with_the_one_line_message(
     with pytest.raises(SystemExit) as info:
         _main(tmp_path, monkeypatch, lambda: None)
 
-    raw = tmp_path / "raw"
+    raw = Path("raw")
     assert info.value.code == (
         f"validation failed for {raw}: {raw / 'manifest.json'}: no manifest; "
         "run the ingest stage first"

@@ -1,0 +1,105 @@
+"""Where an Optuna study lives: `tune.storage` resolved against the environment, at one place.
+
+- `auto` (the default): the database URL in `DLOPS_OPTUNA_STORAGE` when set (PostgreSQL for
+  workers on several machines), else a JournalStorage file `<home>/.dlops/optuna/journal.log`
+  (several processes on one host);
+- `journal`: the journal file, whatever the environment says;
+- `memory`: an in-process study, gone when the process ends.
+A URL never sits in params.yaml (it would reach dvc.lock and MLflow, password included): it comes
+from the environment, and only its redacted form (`label`) is recorded or printed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.preprocessing import one_line
+from tasks.config import Config, ConfigError
+from tasks.redact import redact, redact_url
+
+STORAGE_ENV = "DLOPS_OPTUNA_STORAGE"
+JOURNAL = Path(".dlops") / "optuna" / "journal.log"
+# SQLAlchemy dialects Optuna's RDBStorage supports (a `+driver` suffix is allowed).
+RDB_SCHEMES = ("postgresql", "mysql", "sqlite")
+
+
+class StorageError(ConfigError):
+    """The Optuna storage named by the environment cannot be used (message redacted)."""
+
+
+@dataclass(frozen=True)
+class StudyStorage:
+    """A resolved storage: its kind, and the URL or journal file it opens."""
+
+    kind: str  # memory | journal | rdb
+    url: str | None = None  # rdb only; holds credentials: never record it, record `label`
+    path: Path | None = None  # journal only
+
+    @property
+    def label(self) -> str:
+        """What may be recorded and printed: the kind and where, credentials masked."""
+        if self.kind == "rdb":
+            return redact_url(str(self.url))
+        if self.kind == "journal":
+            return f"journal:{self.path}"
+        return "memory"
+
+    def open(self) -> Any:
+        """The Optuna storage object (None: in memory); a failure is one redacted line."""
+        if self.kind == "memory":
+            return None
+        import optuna
+
+        try:
+            if self.kind == "journal":
+                from optuna.storages.journal import JournalFileBackend
+
+                assert self.path is not None
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                return optuna.storages.JournalStorage(JournalFileBackend(str(self.path)))
+            return optuna.storages.RDBStorage(str(self.url))
+        except Exception as exc:  # SQLAlchemy/driver errors; their text may carry the URL
+            detail = redact(one_line(exc, 200))
+            raise StorageError(
+                f"tune.storage {self.kind}: cannot open {self.label} ({detail})"
+            ) from exc
+
+
+def journal_path() -> Path:
+    """The journal file of the project checkout (`DLOPS_HOME`), shared by its runs."""
+    from tasks.runtime import home
+
+    return home().resolve() / JOURNAL
+
+
+def _rdb_url(value: str) -> str:
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme.split("+", 1)[0] not in RDB_SCHEMES:
+        raise StorageError(
+            f"{STORAGE_ENV}: expected a SQLAlchemy database URL ({', '.join(RDB_SCHEMES)}), "
+            f"got {redact(value)!r}"
+        )
+    return value
+
+
+def resolve(cfg: Config) -> StudyStorage:
+    """The storage `tune.storage` names, with the environment as it is now."""
+    kind = cfg.tune.storage
+    if kind == "memory":
+        return StudyStorage("memory")
+    url = os.environ.get(STORAGE_ENV, "").strip()
+    if kind == "auto" and url:
+        return StudyStorage("rdb", url=_rdb_url(url))
+    return StudyStorage("journal", path=journal_path())
+
+
+def storage_url(cfg: Config) -> str | None:
+    """The URL Optuna opens (None: in memory; `journal:<file>` for the journal file).
+
+    It may hold credentials: pass it to Optuna, never to a log, tag or file.
+    """
+    s = resolve(cfg)
+    return s.url if s.kind == "rdb" else (None if s.kind == "memory" else s.label)
