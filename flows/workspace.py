@@ -157,7 +157,9 @@ def prepare(checkout: str | Path, overrides: list[str]) -> Workspace:
 
     checkout = Path(checkout).resolve()
     canon = tuple(canonical_overrides(list(overrides)))
-    load_config(checkout / PARAMS_FILE, list(canon))  # refuse bad overrides before any write
+    # refuse bad overrides before any write (messages name params.yaml as the user sees it)
+    shown = PARAMS_FILE if Path.cwd().resolve() == checkout else checkout / PARAMS_FILE
+    load_config(shown, list(canon))
     if not canon:
         return Workspace(checkout, checkout, (), None)
     head = git_head(checkout)

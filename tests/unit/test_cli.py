@@ -73,13 +73,15 @@ def test_data_option_with_an_unknown_suffix_is_rejected_in_one_line(workspace, c
 def test_train_resume_with_nothing_to_resume_trains_from_scratch_then_skips(
     dvc_project, tiny, capsys
 ):
-    from tasks import ingest, preprocess, tune
+    from flows.dvc_record import reproduce
+    from tasks import ingest, preprocess, tune, validate
     from tasks.config import write_overrides
 
+    # the user's own params, with the stages up to tune recorded by DVC (as `dvc repro tune`)
     cfg = write_overrides("params.yaml", [*tiny, "data.dataset=wine"])
-    ingest.run(cfg)
-    preprocess.run(cfg)
-    tune.run(cfg)
+    for name, stage in (("ingest", ingest), ("validate", validate), ("preprocess", preprocess)):
+        reproduce(dvc_project, name, lambda stage=stage: stage.run(cfg))
+    reproduce(dvc_project, "tune", lambda: tune.run(cfg))
     with pytest.raises(SystemExit) as exc:
         main(["train", "--resume"])
     assert exc.value.code == 0
