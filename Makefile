@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
+PURGE  ?= 0
 
 # Nothing leaves the machine (the CLI sets the same defaults; this covers pytest and dvc).
 export DO_NOT_TRACK ?= true
@@ -12,7 +13,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export GX_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS ?= true
 
-.PHONY: install run test test-fast lint format bench repro clean
+.PHONY: install run test test-fast lint format bench repro clean up down status
 
 # torch first, pinned: the CPU build, so that no dependency resolves a CUDA build.
 $(STAMP): pyproject.toml
@@ -46,3 +47,14 @@ repro: install
 
 clean:
 	rm -rf data reports mlflow.db mlartifacts mlruns .dvc/cache .dvc/tmp lightning_logs
+
+# The team stack (infra/stack/*.sh): MLflow + Prefect on PostgreSQL, a process work pool and two
+# workers, all on 127.0.0.1; `make up` writes .env, `make down` stops it (PURGE=1 drops the DBs).
+up: install
+	@DLOPS_VENV="$${DLOPS_VENV:-$(abspath $(VENV))}" bash infra/stack/up.sh
+
+down:
+	@PURGE=$(PURGE) bash infra/stack/down.sh
+
+status:
+	@bash infra/stack/status.sh
