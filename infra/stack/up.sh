@@ -2,7 +2,7 @@
 # `make up`: the team stack as local processes bound to 127.0.0.1 — an MLflow tracking server
 # (PostgreSQL backend, proxied artifacts, basic auth), a Prefect server on PostgreSQL, a process
 # work pool and its workers — then `.env` with the environment contract (PLAN.md, decision 4).
-# Services already running are reported, not restarted. Settings: see infra/stack/README.md.
+# Services already running are reported, not restarted. Settings: see infra/README.md.
 # shellcheck source=infra/stack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -195,9 +195,10 @@ start_worker() {   # $1 worker-N: flow runs it executes inherit this environment
   START_CWD=""
 }
 
-# The two servers are independent: they start together, and the workers once both are healthy.
-new_servers=()
-for svc in mlflow prefect-server; do
+# The two servers do not depend on each other: they start together. The workers need only the
+# Prefect server to register: they start once it is healthy, while MLflow may still be starting;
+# make up returns when every service is healthy.
+for svc in prefect-server mlflow; do
   if [[ -n ${RUNNING[$svc]:-} ]]; then
     report_running "$svc"
     continue
@@ -207,9 +208,8 @@ for svc in mlflow prefect-server; do
     prefect-server) start_prefect ;;
   esac
   STARTED+=("$svc")
-  new_servers+=("$svc")
 done
-for svc in "${new_servers[@]}"; do wait_healthy "$svc"; done
+if [[ -z ${RUNNING[prefect-server]:-} ]]; then wait_healthy prefect-server; fi
 
 check_pool
 new_workers=()
@@ -223,6 +223,7 @@ for svc in $(services); do
     new_workers+=("$svc")
   fi
 done
+if [[ -z ${RUNNING[mlflow]:-} ]]; then wait_healthy mlflow; fi
 # Each worker is up once it said so and the pool lists it ONLINE.
 for svc in "${new_workers[@]}"; do wait_healthy "$svc"; done
 
