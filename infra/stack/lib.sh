@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by up.sh, down.sh and status.sh: the stack's settings, its state files and process helpers.
+# Shared by up.sh, down.sh and status.sh: the stack's settings, state files and process helpers.
 # Everything the stack writes lives under $STACK_DIR (pid files, logs, secrets, artifacts, DVC).
 
 set -Eeuo pipefail
@@ -51,7 +51,8 @@ load_config() {
   PREFECT_PORT="${DLOPS_PREFECT_PORT:-4200}"
   MLFLOW_WORKERS="${DLOPS_MLFLOW_WORKERS:-1}"  # one uvicorn process (threads) suits 2 cores
   MLFLOW_USER="${DLOPS_MLFLOW_ADMIN:-admin}"
-  MLFLOW_ALLOWED_HOSTS="${DLOPS_MLFLOW_ALLOWED_HOSTS:-127.0.0.1:$MLFLOW_PORT,localhost:$MLFLOW_PORT}"
+  local hosts="127.0.0.1:$MLFLOW_PORT,localhost:$MLFLOW_PORT"
+  MLFLOW_ALLOWED_HOSTS="${DLOPS_MLFLOW_ALLOWED_HOSTS:-$hosts}"
   DB_PREFIX="${DLOPS_DB_PREFIX:-dlops}"
   POOL="${DLOPS_WORK_POOL:-dlops}"
   WORKERS="${DLOPS_WORKERS:-2}"
@@ -125,7 +126,8 @@ process_tree() {
       for (i = 1; i <= NR; i++) if (pgid[i] == root) keep[pid[i]] = 1
       do {
         grown = 0
-        for (i = 1; i <= NR; i++) if ((ppid[i] in keep) && !(pid[i] in keep)) { keep[pid[i]] = 1; grown = 1 }
+        for (i = 1; i <= NR; i++)
+          if ((ppid[i] in keep) && !(pid[i] in keep)) { keep[pid[i]] = 1; grown = 1 }
       } while (grown)
       for (p in keep) print p
     }'
@@ -153,7 +155,11 @@ start_service() {
 }
 
 # What a service logged since its latest start.
-new_log() { tail -c "+$(($(cat "$RUN_DIR/$1.logpos" 2>/dev/null || echo 0) + 1))" "$LOG_DIR/$1.log"; }
+new_log() {
+  local pos
+  pos="$(cat "$RUN_DIR/$1.logpos" 2>/dev/null || echo 0)"
+  tail -c "+$((pos + 1))" "$LOG_DIR/$1.log"
+}
 
 # Stop services together: SIGTERM to each one's process group and to its descendants outside
 # it; after STOP_GRACE seconds a second SIGTERM to what is left (a Prefect worker stops on its

@@ -20,10 +20,13 @@ for svc in $(services); do
   else
     state=down
     case $svc in
-      mlflow) port_in_use "$MLFLOW_PORT" && state="down (port $MLFLOW_PORT used by another process)" ;;
-      prefect-server) port_in_use "$PREFECT_PORT" &&
-        state="down (port $PREFECT_PORT used by another process)" ;;
+      mlflow) port="$MLFLOW_PORT" ;;
+      prefect-server) port="$PREFECT_PORT" ;;
+      *) port="" ;;
     esac
+    if [[ -n $port ]] && port_in_use "$port"; then
+      state="down (port $port used by another process)"
+    fi
   fi
   line "$svc" "$(address "$svc")" "$state"
 done

@@ -55,12 +55,16 @@ on_failure() {
   unset -f on_failure
   ((${#STARTED[@]} == 0)) || stop_services "${STARTED[@]}" >/dev/null || true
 }
+trap 'die "make up interrupted: stopped what it had started"' INT TERM
 
 # --- secrets (generated once, kept in the stack folder, mode 600) -----------------------------
 psql_super() {
-  PGOPTIONS='-c client_min_messages=warning' psql -X -q -A -t -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_SUPERUSER" "$@"
+  PGOPTIONS='-c client_min_messages=warning' psql -X -q -A -t -v ON_ERROR_STOP=1 \
+    -h "$PG_HOST" -p "$PG_PORT" -U "$PG_SUPERUSER" "$@"
 }
-db_exists() { [[ "$(psql_super -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$1'")" == 1 ]]; }
+db_exists() {
+  [[ "$(psql_super -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$1'")" == 1 ]]
+}
 gen_secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
 
 ROLE="$DB_PREFIX"
@@ -68,7 +72,8 @@ DBS=("${DB_PREFIX}_mlflow" "${DB_PREFIX}_mlflow_auth" "${DB_PREFIX}_prefect" "${
 if [[ ! -f $SECRETS ]]; then
   # MLflow keeps the admin password it was first started with in its auth database.
   if db_exists "${DB_PREFIX}_mlflow_auth"; then
-    die "database ${DB_PREFIX}_mlflow_auth exists but $SECRETS (its admin password) is missing: restore it, or drop the stack's databases with make down PURGE=1"
+    die "database ${DB_PREFIX}_mlflow_auth exists but $SECRETS (its admin password) is" \
+      "missing: restore it, or drop the stack's databases with make down PURGE=1"
   fi
   {
     echo "DB_PASSWORD=$(gen_secret)"
@@ -82,10 +87,11 @@ chmod 600 "$SECRETS"
 source "$SECRETS"
 
 # --- databases: one role owning the stack's databases (kept by make down unless PURGE=1) -------
-if [[ "$(psql_super -d postgres -c "SELECT rolsuper FROM pg_roles WHERE rolname = '$ROLE'")" == t ]]; then
+superuser="$(psql_super -d postgres -c "SELECT rolsuper FROM pg_roles WHERE rolname = '$ROLE'")"
+if [[ $superuser == t ]]; then
   die "DLOPS_DB_PREFIX=$DB_PREFIX names an existing superuser role; choose another prefix"
 fi
-psql_super -d postgres >/dev/null <<SQL || die "could not create the role $ROLE and its databases on $PG_HOST:$PG_PORT"
+psql_super -d postgres >/dev/null <<SQL ||
 \set role '$ROLE'
 \set pw '$DB_PASSWORD'
 SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'role', :'pw')
@@ -95,6 +101,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', d, :'role')
   FROM unnest(ARRAY['${DBS[0]}', '${DBS[1]}', '${DBS[2]}', '${DBS[3]}']) AS d
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = d) \gexec
 SQL
+  die "could not create the role $ROLE and its databases on $PG_HOST:$PG_PORT"
 # Prefect's schema needs pg_trgm (a trusted extension; created here by the superuser to be sure).
 psql_super -d "${DB_PREFIX}_prefect" -c 'CREATE EXTENSION IF NOT EXISTS pg_trgm' >/dev/null ||
   die "could not enable pg_trgm in ${DB_PREFIX}_prefect"
@@ -131,7 +138,8 @@ wait_healthy() {   # $1 service
     sleep 0.5
   done
   address "$svc" >"$RUN_DIR/$svc.addr"
-  printf '%-15s started          %s (ready after %ss)\n' "$svc" "$(address "$svc")" "$((SECONDS - START))"
+  printf '%-15s started          %s (ready after %ss)\n' "$svc" "$(address "$svc")" \
+    "$((SECONDS - START))"
 }
 
 report_running() {
