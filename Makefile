@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
+PURGE  ?= 0
 
 # Nothing leaves the machine (the CLI sets the same defaults; this covers pytest and dvc).
 export DO_NOT_TRACK ?= true
@@ -15,7 +16,7 @@ export DVC_NO_ANALYTICS ?= true
 TORCH  := torch==2.13.0
 LOCK   := requirements.lock
 
-.PHONY: install lock run test test-fast lint format bench repro clean
+.PHONY: install lock run test test-fast lint format bench repro clean up down status
 
 # torch first, pinned: the CPU build, so that no dependency resolves a CUDA build. Then the
 # project with every other package at the version CI tested (requirements.lock, constraints).
@@ -61,3 +62,14 @@ repro: install
 
 clean:
 	rm -rf data reports mlflow.db mlartifacts mlruns .dvc/cache .dvc/tmp lightning_logs
+
+# The team stack (infra/stack/*.sh): MLflow + Prefect on PostgreSQL, a process work pool and two
+# workers, all on 127.0.0.1; `make up` writes .env, `make down` stops it (PURGE=1 drops the DBs).
+up: install
+	@DLOPS_VENV="$${DLOPS_VENV:-$(abspath $(VENV))}" bash infra/stack/up.sh
+
+down:
+	@PURGE=$(PURGE) bash infra/stack/down.sh
+
+status:
+	@bash infra/stack/status.sh
