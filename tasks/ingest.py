@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import BUILTINS, Config, load_config, require_task
+from tasks.config import BUILTINS, Config, ConfigError, load_config, require_task
+from tasks.names import check_name
 from tasks.sources import (
     IMAGE_SUFFIXES,
     IMAGES_DIR,
@@ -252,6 +253,7 @@ def run(cfg: Config) -> IngestResult:
     The stage runs on every pipeline run (the source may have changed outside the repository),
     but leaves the raw folder untouched when the content is the same: downstream stages skip.
     """
+    check_name(cfg)  # before anything is written: the data name belongs to one source
     raw_dir = Path(cfg.paths.raw_dir)
     previous = _previous(cfg)
     if previous is not None and cfg.data.source is None:  # built-ins are deterministic
@@ -299,7 +301,7 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
     try:
         r = run(load_config())
-    except DataError as exc:
+    except (DataError, ConfigError) as exc:
         sys.exit(f"ingest: {exc}")
     m = r.manifest
     print(f"ingest: {m.rows} {m.modality} rows ({m.task}) from {m.source} -> {r.raw_dir}")
