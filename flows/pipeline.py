@@ -1,6 +1,8 @@
 """The dlops pipeline as one Prefect flow; each stage a named task recorded by DVC.
 
-ingest -> validate -> preprocess -> tune -> train -> evaluate -> register -> promote
+ingest -> suite -> validate -> preprocess -> tune -> train -> evaluate -> register -> promote
+(`suite` infers a source's GX suite on its first run only; it is not a DVC stage: the suite is
+a committed file the validate stage depends on.)
 """
 
 from __future__ import annotations
@@ -51,6 +53,20 @@ def ingest(cfg: Config) -> StageReport:
     return report
 
 
+@task(name="suite", cache_policy=NO_CACHE)
+def suite(cfg: Config, parent_run_id: str) -> StageReport:
+    """Infer and write `<paths.suites_dir>/<data name>.json` when it is missing; else nothing."""
+    from tasks.validate import init_suite
+
+    start = time.perf_counter()
+    r = init_suite(cfg, mlflow_run_id=parent_run_id)
+    outcome = "ran" if r.created else "skipped"
+    seconds = round(time.perf_counter() - start, 2)
+    get_run_logger().info("stage suite: %s (%s) in %.1f s", outcome, r.path, seconds)
+    detail = {"path": str(r.path), "created": r.created, "expectations": r.n_expectations}
+    return StageReport("suite", outcome, seconds, detail)
+
+
 @task(name="validate", cache_policy=NO_CACHE)
 def validate(cfg: Config, parent_run_id: str) -> StageReport:
     """Great Expectations suite on the raw data; a failure stops the flow here."""
@@ -74,10 +90,15 @@ def preprocess(cfg: Config, parent_run_id: str) -> StageReport:
     from tasks import preprocess as stage
 
     report, _ = _dvc_stage("preprocess", lambda: stage.run(cfg))
-    split = Path(cfg.paths.processed_dir) / "split.json"
-    info = read_json(split)
-    tracking.client().log_artifact(parent_run_id, str(split), "preprocess")
-    report.detail = {**info["counts"], "leakage": info["leakage"]["fraction"]}
+    r = stage.PreprocessResult.load(cfg)
+    c = tracking.client()
+    c.log_artifact(parent_run_id, str(r.processed_dir / stage.SPLIT_FILE), "preprocess")
+    c.log_metric(parent_run_id, "data/dropped_missing_target", r.dropped_missing_target)
+    report.detail = {
+        **r.counts,
+        "leakage": r.leakage["fraction"],
+        "dropped_missing_target": r.dropped_missing_target,
+    }
     return report
 
 
@@ -159,11 +180,15 @@ def pipeline(overrides: list[str] | None = None) -> dict[str, Any]:
     reports: list[StageReport] = []
     try:
         reports.append(ingest(cfg))
+        reports.append(suite(cfg, parent))
         reports.append(validate(cfg, parent))
         reports.append(preprocess(cfg, parent))
         reports.append(tune(cfg, parent))
         reports.append(train(cfg, parent))
         reports.append(evaluate(cfg))
+        from tasks.promote import check_compatible
+
+        check_compatible(cfg, cfg.model_name)  # before anything is registered
         reg = register(cfg, parent, flow_run_id)
         reports.append(reg)
         reports.append(promote(cfg, reg.detail["name"], reg.detail["version"]))
@@ -177,12 +202,13 @@ def pipeline(overrides: list[str] | None = None) -> dict[str, Any]:
         c.set_tag(parent, f"stage.{r.name}", r.outcome)
     c.log_metric(parent, "time/total_s", total)
     tracking.end_run(parent)
+    by_name = {r.name: r for r in reports}
     return {
         "parent_run_id": parent,
         "flow_run_id": str(flow_run_id),
         "total_seconds": total,
         "stages": [asdict(r) for r in reports],
-        "metrics": reports[5].detail,
-        "model": reports[6].detail,
-        "promotion": reports[7].detail,
+        "metrics": by_name["evaluate"].detail,
+        "model": by_name["register"].detail,
+        "promotion": by_name["promote"].detail,
     }

@@ -247,13 +247,16 @@ def _previous(cfg: Config) -> Manifest | None:
     return m if ok else None
 
 
-def run(cfg: Config) -> IngestResult:
+def run(cfg: Config, verify_name: bool = True) -> IngestResult:
     """Copy the data into `paths.raw_dir` with its manifest, atomically.
 
     The stage runs on every pipeline run (the source may have changed outside the repository),
     but leaves the raw folder untouched when the content is the same: downstream stages skip.
+    First (unless `verify_name` is false: `dlops suite init --force` moves a name) a source
+    whose data name another source holds is refused (tasks.names).
     """
-    check_name(cfg)  # before anything is written: the data name belongs to one source
+    if verify_name:
+        check_name(cfg)  # before anything is written
     raw_dir = Path(cfg.paths.raw_dir)
     previous = _previous(cfg)
     if previous is not None and cfg.data.source is None:  # built-ins are deterministic

@@ -74,15 +74,21 @@ def _registered_source(name: str) -> str | None:
     return latest.tags.get(SOURCE_TAG)
 
 
-def check_name(cfg: Config) -> None:
-    """Refuse a source whose data name or registered model belongs to another source."""
+def check_name(cfg: Config, rehome: bool = False) -> None:
+    """Refuse a source whose data name or registered model belongs to another source.
+
+    `rehome` (`dlops suite init --force`): the suite is about to be inferred again from this
+    source, which then holds the name; only an explicit `register.model_name` is checked.
+    """
     from tasks.validate.suites import recorded_source, suite_path
 
     mine = source_of(cfg)
     here = canonical(mine)
     name = cfg.data.name
     path = suite_path(cfg)
-    theirs = recorded_source(path)
+    theirs = None if rehome else recorded_source(path)
+    if rehome and cfg.register_.model_name is None:
+        return
     if theirs is not None and canonical(theirs) != here:
         raise NameInUseError(
             f"data.name {name!r} is taken: its suite {path} was inferred from "

@@ -206,11 +206,11 @@ def image_problem(data: bytes) -> str | None:
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
     except Image.DecompressionBombError:
-        return f"too large (over {MAX_IMAGE_PIXELS:,} pixels)"
+        return f"too large: over {MAX_IMAGE_PIXELS:,} pixels"
     except Exception:  # noqa: BLE001 (PIL raises many types; decode_image names the problem)
         return None
     if width * height > MAX_IMAGE_PIXELS:
-        return f"too large ({width} x {height} pixels, at most {MAX_IMAGE_PIXELS:,})"
+        return f"too large: {width} x {height} pixels, at most {MAX_IMAGE_PIXELS:,}"
     return None
 
 

@@ -127,7 +127,7 @@ def why(r: ExpectationValidationResult, data: Frame) -> str:
         parts += [f"unexpected columns {extra}"] if extra else []
         return ", ".join(parts) or f"columns out of order: {observed}"
     if kind == "expect_table_row_count_to_be_between":
-        return f"{res.get('observed_value')} rows, expected {_bounds(kwargs)}"
+        return f"{_plural(int(res.get('observed_value') or 0), 'row')}, expected {_bounds(kwargs)}"
     if kind == "expect_column_unique_value_count_to_be_between":
         word = ours.get("unexpected", "distinct value")
         return f"{_plural(int(res.get('observed_value') or 0), word)}, need {_bounds(kwargs)}"

@@ -288,12 +288,15 @@ BAD_INPUTS = {
         [],
         "x has 9 sequences but y has 8 labels",
     ),
-    "NaN labels": (
+    "too many NaN labels": (
         lambda r: (
-            np.savez(r / "n.npz", x=np.zeros((3, 4)), y=np.array([0, np.nan, 1])) or r / "n.npz"
+            np.savez(
+                r / "n.npz", x=np.arange(96.0).reshape(24, 4), y=np.r_[[0, 1] * 10, [np.nan] * 4]
+            )
+            or r / "n.npz"
         ),
         [],
-        "y holds 1 NaN labels",
+        "4 of 24 rows have no target (16.7%), at most 5.0% allowed",
     ),
 }
 
