@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -73,14 +72,12 @@ def validate(cfg: Config, parent_run_id: str) -> StageReport:
     from tasks import validate as stage
 
     report, _ = _dvc_stage("validate", lambda: stage.run(cfg, mlflow_run_id=parent_run_id))
-    result = read_json(Path(cfg.paths.validation_dir) / "result.json")
-    report.detail = {"success": result.get("success")}
+    result = stage.ValidateResult.load(cfg)
+    report.detail = {"success": result.success, "missing_target": result.missing_target}
     if report.outcome != Outcome.RAN.value:
         c = tracking.client()
-        c.log_artifact(
-            parent_run_id, str(Path(cfg.paths.validation_dir) / "result.json"), "validation"
-        )
-        c.set_tag(parent_run_id, "validation.success", str(bool(result.get("success"))).lower())
+        c.log_artifact(parent_run_id, str(result.result_path), "validation")
+        c.set_tag(parent_run_id, "validation.success", str(result.success).lower())
     return report
 
 

@@ -60,9 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"dlops: {exc}", file=sys.stderr)
         return 2
-    from flows.pipeline import pipeline
+    from flows.cli.console import quiet_console
     from tasks.sources import DataError
     from tasks.validate import DataValidationError
+
+    quiet_console((DataValidationError, DataError, ConfigError))
+    from flows.pipeline import pipeline
 
     try:
         result = pipeline(overrides=overrides)
