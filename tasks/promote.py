@@ -180,11 +180,12 @@ def _champion_preprocessor(uri: str) -> Any | None:
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(f"{uri}/artifacts", dst_path=tmp)
+            local = mlflow.artifacts.download_artifacts(
+                f"{uri}/artifacts/preprocessor.json", dst_path=tmp
+            )
         except (MlflowException, OSError):
             return None
-        found = sorted(Path(local).rglob("preprocessor*.json"))
-        return load(found[0]) if found else None
+        return load(local)
 
 
 def check_compatible(cfg: Config, name: str) -> None:
@@ -211,7 +212,9 @@ def check_compatible(cfg: Config, name: str) -> None:
     new = _profile(signature(pre).to_dict(), pre)
     uri = f"models:/{name}/{champion}"
     theirs = get_model_info(uri).signature
-    old = _profile(theirs.to_dict() if theirs else None, _champion_preprocessor(uri))
+    # sequences: the champion's length and channels are in its fitted preprocessing
+    theirs_pre = _champion_preprocessor(uri) if pre.kind == "sequences" else None
+    old = _profile(theirs.to_dict() if theirs else None, theirs_pre)
     differences = [
         f"{key} {_shown(old[key])} vs {_shown(new[key])}"
         for key in ("task", "classes", "inputs", "sequence")

@@ -28,7 +28,7 @@ from tasks.validate.frames import Frame, read_frame
 from tasks.validate.infer import infer_suite
 from tasks.validate.messages import DataValidationError
 from tasks.validate.mlflow_log import log_validation
-from tasks.validate.suites import load_suite, parameters, suite_path, write_suite
+from tasks.validate.suites import load_suite, parameters, read_suite, suite_path, write_suite
 from tasks.validate.values import plain, sorted_values
 
 RESULT = "result.json"
@@ -202,7 +202,11 @@ def init_suite(
     """
     path = suite_path(cfg)
     if path.is_file() and not force:
-        return SuiteResult(path, False, len(read_json(path).get("expectations") or []))
+        try:  # a broken suite is for the validate stage to name, with the data's file
+            n = len(read_suite(path)["expectations"])
+        except DataError:
+            n = 0
+        return SuiteResult(path, False, n)
     raw = Path(raw_dir) if raw_dir is not None else Path(cfg.paths.raw_dir)
     where = raw
     try:

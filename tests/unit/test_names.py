@@ -166,3 +166,14 @@ def test_suite_init_writes_once_refuses_bad_data_and_force_moves_a_name(
     )
     assert not suite.exists() and not list((home / ".dlops").iterdir())
     assert (home / "params.yaml").read_text() == params  # overrides are never written
+
+
+def test_data_name_must_be_a_plain_file_name(workspace: Path) -> None:
+    from tasks.config import ConfigError
+
+    for bad in ("../escape", "a/b", ".hidden", ""):
+        with pytest.raises(ConfigError, match=r"params.yaml: data.name: String should match"):
+            load_config(workspace / "params.yaml", [f"data.name={bad!s}"])
+    assert load_config(workspace / "params.yaml", ["data.name=people_v2"]).model_name == (
+        "dlops-people_v2"
+    )
