@@ -11,28 +11,11 @@ from pathlib import Path
 import pytest
 
 from tasks import promote, register, tracking
-from tasks.config import load_config
-
-PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
-NAME = "tiny-digits"
-
-
-def _cfg(tmp_path: Path):
-    return load_config(
-        PARAMS,
-        overrides=[
-            f"paths.train_dir={tmp_path / 'train'}",
-            f"paths.processed_dir={tmp_path / 'processed'}",
-            f"register.model_name={NAME}",
-            "register.experiment=unit",
-        ],
-    )
+from tests.unit.test_register_promote import NAME, make_cfg, training_run
 
 
 def _champion(tiny_model, cfg) -> None:
-    run_id = tracking.start_run("unit", "train")
-    tracking.end_run(run_id)
-    tiny_model.write_weights(run_id=run_id)
+    tiny_model.write_weights(run_id=training_run())
     version = register.run(cfg, lineage={}).version
     tracking.client().set_registered_model_alias(NAME, promote.CHAMPION, version)
 
@@ -49,7 +32,7 @@ def _versions() -> list[str]:
 
 
 def test_no_registered_model_or_no_champion_is_compatible(tmp_path, tiny_model, sqlite_mlflow):
-    cfg = _cfg(tmp_path)
+    cfg = make_cfg(tmp_path)
     promote.check_compatible(cfg, NAME)  # nothing registered: nothing to compare
     tracking.client().create_registered_model(NAME)
     promote.check_compatible(cfg, NAME)  # a model without @champion
@@ -59,7 +42,7 @@ def test_no_registered_model_or_no_champion_is_compatible(tmp_path, tiny_model, 
 def test_same_task_classes_and_inputs_pass_and_others_are_refused(
     tmp_path, tiny_model, sqlite_mlflow
 ):
-    cfg = _cfg(tmp_path)
+    cfg = make_cfg(tmp_path)
     _champion(tiny_model, cfg)
     promote.check_compatible(cfg, NAME)  # the same model: comparable
     # the champion's fitted preprocessing is read back from its artifacts (sequence shapes)
@@ -83,7 +66,7 @@ def test_same_task_classes_and_inputs_pass_and_others_are_refused(
 def test_other_inputs_are_refused(tmp_path, tiny_model, sqlite_mlflow):
     from models.preprocessing import SequencePreprocessor, Target, save
 
-    cfg = _cfg(tmp_path)
+    cfg = make_cfg(tmp_path)
     _champion(tiny_model, cfg)
     target = Target("classification", classes=list(range(10)))
     sequences = SequencePreprocessor(target, 16, 2, [0.0, 0.0], [1.0, 1.0])
