@@ -1,6 +1,8 @@
 """The dlops pipeline as one Prefect flow; each stage a named task recorded by DVC.
 
-ingest -> validate -> preprocess -> tune -> train -> evaluate -> register -> promote
+ingest -> suite -> validate -> preprocess -> tune -> train -> evaluate -> register -> promote
+(`suite` infers a source's GX suite on its first run only; it is not a DVC stage: the suite is
+a committed file the validate stage depends on.)
 
 A run is hermetic (flows.workspace): it executes in the checkout when it has no overrides, in a
 workspace of its own when it has some, or in the clone a deployment run was given; params.yaml
@@ -73,6 +75,20 @@ def ingest(cfg: Config) -> StageReport:
     return report
 
 
+@task(name="suite", cache_policy=NO_CACHE)
+def suite(cfg: Config, parent_run_id: str) -> StageReport:
+    """Infer and write `<paths.suites_dir>/<data name>.json` when it is missing; else nothing."""
+    from tasks.validate import init_suite
+
+    start = time.perf_counter()
+    r = init_suite(cfg, mlflow_run_id=parent_run_id)
+    outcome = "ran" if r.created else "skipped"
+    seconds = round(time.perf_counter() - start, 2)
+    get_run_logger().info("stage suite: %s (%s) in %.1f s", outcome, r.path, seconds)
+    detail = {"path": str(r.path), "created": r.created, "expectations": r.n_expectations}
+    return StageReport("suite", outcome, seconds, detail)
+
+
 @task(name="validate", cache_policy=NO_CACHE)
 def validate(cfg: Config, parent_run_id: str) -> StageReport:
     """Great Expectations suite on the raw data; a failure stops the flow here."""
@@ -83,19 +99,16 @@ def validate(cfg: Config, parent_run_id: str) -> StageReport:
     except stage.DataValidationError as exc:
         _markdown("validation", "validation: failed", {"reason": str(exc)})
         raise
-    result = read_json(Path(cfg.paths.validation_dir) / "result.json")
-    report.detail = {"success": result.get("success")}
+    result = stage.ValidateResult.load(cfg)
+    report.detail = {"success": result.success, "missing_target": result.missing_target}
     if report.outcome != Outcome.RAN.value:
         c = tracking.client()
-        c.log_artifact(
-            parent_run_id, str(Path(cfg.paths.validation_dir) / "result.json"), "validation"
-        )
-        c.set_tag(parent_run_id, "validation.success", str(bool(result.get("success"))).lower())
-    stats = result.get("statistics", {})
+        c.log_artifact(parent_run_id, str(result.result_path), "validation")
+        c.set_tag(parent_run_id, "validation.success", str(result.success).lower())
     _markdown(
         "validation",
-        f"validation: {'passed' if result.get('success') else 'failed'} ({report.outcome})",
-        {k: stats[k] for k in ("evaluated_expectations", "successful_expectations") if k in stats},
+        f"validation: {'passed' if result.success else 'failed'} ({report.outcome})",
+        report.detail,
     )
     return report
 
@@ -106,10 +119,15 @@ def preprocess(cfg: Config, parent_run_id: str) -> StageReport:
     from tasks import preprocess as stage
 
     report, _ = _dvc_stage("preprocess", lambda: stage.run(cfg))
-    split = Path(cfg.paths.processed_dir) / "split.json"
-    info = read_json(split)
-    tracking.client().log_artifact(parent_run_id, str(split), "preprocess")
-    report.detail = {**info["counts"], "leakage": info["leakage"]["fraction"]}
+    r = stage.PreprocessResult.load(cfg)
+    c = tracking.client()
+    c.log_artifact(parent_run_id, str(r.processed_dir / stage.SPLIT_FILE), "preprocess")
+    c.log_metric(parent_run_id, "data/dropped_missing_target", r.dropped_missing_target)
+    report.detail = {
+        **r.counts,
+        "leakage": r.leakage["fraction"],
+        "dropped_missing_target": r.dropped_missing_target,
+    }
     _markdown("preprocess", f"preprocess: {report.outcome}", report.detail)
     return report
 
@@ -277,11 +295,15 @@ def pipeline(overrides: list[str] | None = None) -> dict[str, Any]:
             reports: list[StageReport] = []
             try:
                 reports.append(ingest(cfg))
+                reports.append(suite(cfg, parent))
                 reports.append(validate(cfg, parent))
                 reports.append(preprocess(cfg, parent))
                 reports.append(tune(cfg, parent))
                 reports.append(train(cfg, parent))
                 reports.append(evaluate(cfg))
+                from tasks.promote import check_compatible
+
+                check_compatible(cfg, cfg.model_name)  # before anything is registered
                 reg = register(cfg, parent, flow_run_id, ws)
                 reports.append(reg)
                 reports.append(promote(cfg, reg.detail["name"], reg.detail["version"]))
@@ -304,6 +326,7 @@ def pipeline(overrides: list[str] | None = None) -> dict[str, Any]:
         if pushed is not None:
             c.set_tag(parent, "dvc.pushed", str(pushed))
         tracking.end_run(parent)
+    by_name = {r.name: r for r in reports}
     return {
         "parent_run_id": parent,
         "flow_run_id": str(flow_run_id),
@@ -313,7 +336,7 @@ def pipeline(overrides: list[str] | None = None) -> dict[str, Any]:
         "experiment": experiment,
         "new_suites": [str(p) for p in suites],
         "stages": [asdict(r) for r in reports],
-        "metrics": reports[5].detail,
-        "model": reports[6].detail,
-        "promotion": reports[7].detail,
+        "metrics": by_name["evaluate"].detail,
+        "model": by_name["register"].detail,
+        "promotion": by_name["promote"].detail,
     }

@@ -42,6 +42,8 @@ BUILTINS: dict[str, tuple[str, str]] = {
     "diabetes": ("tables", "regression"),
     "waveforms": ("sequences", "classification"),
 }
+# data.name: a file name (the suite) and part of a registered model's name.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 SEQUENCE_SUFFIXES = (".npz",)
 # The architectures each modality may use; `auto` picks the first.
@@ -286,12 +288,17 @@ def infer_modality(source: str) -> str:
 class DataConfig(_Frozen):
     """Which data ingest copies: a built-in set, or the user's source (path or fsspec URI)."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     dataset: Literal["digits", "breast_cancer", "wine", "diabetes", "waveforms"] = "digits"
     # before `source`: its validator reads them
     protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
     max_bytes: int = Field(5_000_000_000, ge=1)
     max_files: int = Field(200_000, ge=1)
     source: str | None = None
+    # The data's name (its GX suite's file name, the default registered model's suffix);
+    # null: the built-in's name or the source's stem. `name` itself is the resolved property.
+    name_: str | None = Field(None, alias="name", pattern=NAME_PATTERN)
     modality: Literal["auto", "tables", "images", "sequences"] = "auto"
     target: str = "target"
     task: Literal["auto", "classification", "regression"] = "auto"
@@ -353,7 +360,9 @@ class DataConfig(_Frozen):
 
     @property
     def name(self) -> str:
-        """A short name for the data: the built-in's, or the source's file or folder stem."""
+        """`data.name`, else the built-in's name, else the source's file or folder stem."""
+        if self.name_:
+            return self.name_
         if self.source is None:
             return self.dataset
         inner = _inner_path(self.resolved_source).rstrip("/")
@@ -389,6 +398,7 @@ class ValidateConfig(_Frozen):
     balance_slack: float = Field(0.5, ge=0, le=1)
     image_min_size: int = Field(8, ge=1)
     max_leakage: float = Field(0.0, ge=0, le=1)
+    max_missing_target: float = Field(0.05, ge=0, le=1)
 
 
 class AugmentConfig(_Frozen):

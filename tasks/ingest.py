@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from models.preprocessing import one_line
-from tasks.config import BUILTINS, Config, DataConfig, load_config, require_task
+from tasks.config import BUILTINS, Config, ConfigError, DataConfig, load_config, require_task
+from tasks.names import check_name
 from tasks.redact import redact
 from tasks.sources import (
     IMAGE_SUFFIXES,
@@ -391,12 +392,16 @@ def _previous(cfg: Config) -> Manifest | None:
     return m if ok else None
 
 
-def run(cfg: Config) -> IngestResult:
+def run(cfg: Config, verify_name: bool = True) -> IngestResult:
     """Copy the data into `paths.raw_dir` with its manifest, atomically.
 
     The stage runs on every pipeline run (the source may have changed outside the repository),
     but leaves the raw folder untouched when the content is the same: downstream stages skip.
+    First (unless `verify_name` is false: `dlops suite init --force` moves a name) a source
+    whose data name another source holds is refused (tasks.names).
     """
+    if verify_name:
+        check_name(cfg)  # before anything is written
     raw_dir = Path(cfg.paths.raw_dir)
     previous = _previous(cfg)
     if previous is not None and cfg.data.source is None:  # built-ins are deterministic
@@ -448,7 +453,7 @@ def main() -> None:
     setup()  # .env, and redaction of logs and tracebacks (the source URL may carry secrets)
     try:
         r = run(load_config())
-    except DataError as exc:
+    except (DataError, ConfigError) as exc:
         sys.exit(f"ingest: {exc}")
     m = r.manifest
     print(f"ingest: {m.rows} {m.modality} rows ({m.task}) from {m.source} -> {r.raw_dir}")

@@ -6,6 +6,11 @@ Writes `processed_dir/{train,val,test}.parquet` (tables: raw feature columns + `
 `.npz` (images: uint8 (N, H, W, C) at the configured size; sequences: float32 (N, T, C)),
 `preprocessor.json` (the fitted preprocessing, shipped inside the registered model) and
 `split.json` (counts, dropped rows, leakage report).
+
+Rows without a target (an empty target cell, a NaN sequence label) are dropped and counted
+(`dropped_missing_target`); validation already refused more than `validate.max_missing_target`
+of them. Rows that cannot be used (a sequence holding NaN or inf, an image that does not
+decode) are `dropped_invalid`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from tasks.sources import (
     DataError,
     Manifest,
     list_images,
+    missing_labels,
     read_image,
     read_sequences,
     read_table,
@@ -31,6 +37,7 @@ from tasks.utils import atomic_dir, write_json
 
 TARGET_COLUMN = "__target__"
 SPLITS = ("train", "val", "test")
+SPLIT_FILE = "split.json"
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,23 @@ class PreprocessResult:
     dropped_duplicates: int
     dropped_invalid: int
     leakage: dict[str, Any]
+    dropped_missing_target: int = 0
+
+    @classmethod
+    def load(cls, cfg: Config) -> PreprocessResult:
+        """The last preprocessing's result, from its split.json."""
+        from tasks.utils import read_json
+
+        out = Path(cfg.paths.processed_dir)
+        info = read_json(out / SPLIT_FILE)
+        return cls(
+            processed_dir=out,
+            counts=dict(info["counts"]),
+            dropped_duplicates=int(info["dropped_duplicates"]),
+            dropped_invalid=int(info["dropped_invalid"]),
+            leakage=dict(info["leakage"]),
+            dropped_missing_target=int(info.get("dropped_missing_target", 0)),
+        )
 
 
 @dataclass
@@ -63,19 +87,27 @@ class Examples:
         return len(self.y)
 
 
-def load_examples(cfg: Config, m: Manifest) -> tuple[Examples, Examples | None, int, Any]:
-    """The cleaned examples (and a fixed test split), rows dropped as invalid, and the target."""
+@dataclass(frozen=True)
+class Dropped:
+    """Rows dropped while loading: without a target, and unusable."""
+
+    missing_target: int = 0
+    invalid: int = 0
+
+
+def load_examples(cfg: Config, m: Manifest) -> tuple[Examples, Examples | None, Dropped, Any]:
+    """The cleaned examples (and a fixed test split), the rows dropped, and the target."""
     import pandas as pd
 
     from models.preprocessing import Target, fit_image
 
     path = m.data_path(cfg.paths.raw_dir)
     fixed: Examples | None = None
-    invalid = 0
+    invalid = missing = 0
     if m.modality == "tables":
         frame = read_table(path)
         keep = frame[m.target].notna()
-        invalid = int((~keep).sum())
+        missing = int((~keep).sum())
         frame = frame[keep].reset_index(drop=True)
         y_raw = frame.pop(m.target)
         groups = frame.pop(m.group).astype(str).to_numpy() if m.group else None
@@ -105,19 +137,21 @@ def load_examples(cfg: Config, m: Manifest) -> tuple[Examples, Examples | None, 
         ex = Examples(x, y, row_hashes(x))
     else:
         arrays = read_sequences(path)
-        target = Target.fit(m.task, arrays["y"], m.classes)
+        labelled = {k: ~missing_labels(arrays[k]) for k in ("y", "y_test") if k in arrays}
+        target = Target.fit(m.task, arrays["y"][labelled["y"]], m.classes)
 
-        def finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-            ok = np.isfinite(x).all(axis=(1, 2))
-            return x[ok], _labels(target, y[ok]), int((~ok).sum())
+        def usable(xk: str, yk: str) -> tuple[Examples, int, int]:
+            x, y = arrays[xk], arrays[yk]
+            finite = np.isfinite(x).all(axis=(1, 2))
+            ok = finite & labelled[yk]
+            examples = Examples(x[ok], _labels(target, y[ok]), row_hashes(x[ok]))
+            return examples, int((~labelled[yk]).sum()), int((labelled[yk] & ~finite).sum())
 
-        x, y, invalid = finite(arrays["x"], arrays["y"])
-        ex = Examples(x, y, row_hashes(x))
+        ex, missing, invalid = usable("x", "y")
         if "x_test" in arrays:
-            xt, yt, bad = finite(arrays["x_test"], arrays["y_test"])
-            invalid += bad
-            fixed = Examples(xt, yt, row_hashes(xt))
-    return ex, fixed, invalid, target
+            fixed, no_label, bad = usable("x_test", "y_test")
+            missing, invalid = missing + no_label, invalid + bad
+    return ex, fixed, Dropped(missing, invalid), target
 
 
 def _labels(target: Any, y: Any) -> np.ndarray:
@@ -220,7 +254,7 @@ def run(cfg: Config) -> PreprocessResult:
 
     m = Manifest.load(cfg.paths.raw_dir)
     where = str(m.data_path(cfg.paths.raw_dir))
-    ex, fixed, invalid, target = load_examples(cfg, m)
+    ex, fixed, dropped, target = load_examples(cfg, m)
     n_dup = 0
     if cfg.preprocess.dedupe:
         ex, n_dup = dedupe(ex)
@@ -246,7 +280,8 @@ def run(cfg: Config) -> PreprocessResult:
         "modality": m.modality,
         "task": m.task,
         "counts": counts,
-        "dropped_invalid": invalid,
+        "dropped_invalid": dropped.invalid,
+        "dropped_missing_target": dropped.missing_target,
         "dropped_duplicates": n_dup,
         "seed": cfg.seed,
         "leakage": leak,
@@ -262,8 +297,8 @@ def run(cfg: Config) -> PreprocessResult:
         for name, s in splits.items():
             _save_split(tmp, name, s)
         save(pre, tmp / "preprocessor.json")
-        write_json(tmp / "split.json", info)
-    return PreprocessResult(out, counts, n_dup, invalid, leak)
+        write_json(tmp / SPLIT_FILE, info)
+    return PreprocessResult(out, counts, n_dup, dropped.invalid, leak, dropped.missing_target)
 
 
 def main() -> None:
@@ -276,8 +311,9 @@ def main() -> None:
     except DataError as exc:
         sys.exit(f"preprocess: {exc}")
     print(
-        f"preprocess: {r.counts} (dropped {r.dropped_invalid} invalid, "
-        f"{r.dropped_duplicates} duplicate rows; leakage {r.leakage['fraction']:.1%}) "
+        f"preprocess: {r.counts} (dropped {r.dropped_missing_target} without a target, "
+        f"{r.dropped_invalid} invalid, {r.dropped_duplicates} duplicate rows; "
+        f"leakage {r.leakage['fraction']:.1%}) "
         f"-> {r.processed_dir}"
     )
 

@@ -8,13 +8,14 @@ recorded as `promotion.*` tags on the version, and a version that has one is not
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tasks import tracking
-from tasks.config import LOWER_IS_BETTER, Config, load_config, require_task
+from tasks.config import LOWER_IS_BETTER, Config, ConfigError, load_config, require_task
 
 if TYPE_CHECKING:
     import numpy as np
@@ -146,6 +147,92 @@ def decide(
         f"promoted: {metric} {new_score:.4f}{within} {better_or_equal} champion "
         f"v{champion_version} {champion_score:.4f}"
     )
+
+
+class IncompatibleChampionError(ConfigError):
+    """The champion was trained for another task, class set or input: scores would not compare."""
+
+
+def _profile(signature: dict[str, Any] | None, pre: Any | None) -> dict[str, Any]:
+    """What a model takes and gives: task, classes, input columns (and sequence shape)."""
+    out: dict[str, Any] = {}
+    if signature:
+        inputs = json.loads(signature.get("inputs") or "[]")
+        outputs = json.loads(signature.get("outputs") or "[]")
+        names = [str(c.get("name")) for c in outputs]
+        out["inputs"] = [str(c.get("name")) for c in inputs]
+        probas = [n.removeprefix("proba_") for n in names if n.startswith("proba_")]
+        out["task"] = "classification" if probas else "regression"
+        out["classes"] = probas
+    if pre is not None and getattr(pre, "kind", None) == "sequences":
+        out["sequence"] = [pre.length, pre.channels]
+    return out
+
+
+def _champion_preprocessor(uri: str) -> Any | None:
+    """The champion's fitted preprocessor (a JSON artifact of the logged model), if it has one."""
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from models.preprocessing import load
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                f"{uri}/artifacts/preprocessor.json", dst_path=tmp
+            )
+        except (MlflowException, OSError):
+            return None
+        return load(local)
+
+
+def check_compatible(cfg: Config, name: str) -> None:
+    """Refuse, before anything is registered, a model that @champion's scores cannot compare to.
+
+    The new model (`paths.train_dir`) and the champion must share the task, the class set and
+    the input signature (columns; sequences: length and channels): else promote would score the
+    champion on data it was not made for. Raises IncompatibleChampionError in one line.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import get_model_info
+
+    from models.preprocessing import load
+    from models.pyfunc import signature
+
+    client = tracking.client()
+    try:
+        champion = _alias_version(client, name, CHAMPION)
+    except MlflowException:
+        return  # no such registered model yet
+    if champion is None:
+        return
+    pre = load(Path(cfg.paths.train_dir) / "preprocessor.json")
+    new = _profile(signature(pre).to_dict(), pre)
+    uri = f"models:/{name}/{champion}"
+    theirs = get_model_info(uri).signature
+    # sequences: the champion's length and channels are in its fitted preprocessing
+    theirs_pre = _champion_preprocessor(uri) if pre.kind == "sequences" else None
+    old = _profile(theirs.to_dict() if theirs else None, theirs_pre)
+    differences = [
+        f"{key} {_shown(old[key])} vs {_shown(new[key])}"
+        for key in ("task", "classes", "inputs", "sequence")
+        if key in old and key in new and old[key] != new[key]
+    ]
+    if differences:
+        raise IncompatibleChampionError(
+            f"promote: @{CHAMPION} {name} v{champion} is not comparable with this model "
+            f"({'; '.join(differences)}); set data.name (or register.model_name) to register "
+            "this model under its own name"
+        )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        more = f", ... ({len(value)})" if len(value) > 8 else ""
+        return "[" + ", ".join(map(str, value[:8])) + more + "]"
+    return str(value)
 
 
 def run(cfg: Config, name: str, version: str) -> PromoteResult:

@@ -9,9 +9,11 @@ The raw folder (`paths.raw_dir`) holds what ingest copied, in one of three layou
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 IMAGES_DIR = "images"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Larger images are refused from their header, before decoding (decompression bombs).
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 class DataError(ValueError):
@@ -73,6 +77,62 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _text(path: Path, data: bytes) -> str:
+    """The bytes of a CSV/TSV as text: UTF-8 (a BOM is dropped), else a DataError naming it."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def _header(text: str, sep: str) -> list[str]:
+    """The header row's names as written (pandas renames duplicates to `a.1`)."""
+    return next(csv.reader(io.StringIO(text), delimiter=sep), [])
+
+
+def _check_columns(path: Path, frame: pd.DataFrame, header: list[str] | None) -> None:
+    """Refuse what pandas would read silently wrong.
+
+    Duplicate names (pandas renames them `a.1`), a wrong delimiter (one column), a header
+    repeated as a data row (files concatenated).
+    """
+    names = header if header is not None else [str(c) for c in frame.columns]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"{path}: duplicate column names {', '.join(map(repr, dupes))}")
+    if frame.shape[1] == 1:
+        only = str(frame.columns[0])
+        for sep, word in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+            if sep in only:
+                raise DataError(
+                    f"{path}: one column {one_line(only, 60)!r}: the file looks {word}-separated; "
+                    "tables are read comma-separated (.csv) or tab-separated (.tsv)"
+                )
+    text_cols = [c for c in frame.columns if frame[c].dtype == object]
+    if text_cols and len(text_cols) == frame.shape[1]:
+        repeated = (frame.astype(str) == [str(c) for c in frame.columns]).all(axis=1)
+        if repeated.any():
+            line = int(np.flatnonzero(repeated.to_numpy())[0]) + 2
+            raise DataError(f"{path}: line {line} repeats the header (files concatenated?)")
+
+
+def _check_parquet_types(path: Path, data: bytes) -> None:
+    """Nested Parquet columns (lists, structs, maps) are refused: flatten them first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(pa.BufferReader(data))
+    for column in schema:
+        if pa.types.is_nested(column.type):
+            raise DataError(
+                f"{path}: column {column.name!r} holds nested values ({column.type}); "
+                "flatten it into plain columns"
+            )
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """A CSV, TSV or Parquet file as a frame; missing, empty or unparseable -> DataError."""
     import pandas as pd
@@ -84,18 +144,28 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not data.strip():
         raise DataError(f"{path}: file is empty")
     suffix = path.suffix.lower()
+    parquet = suffix in (".parquet", ".pq")
+    header = None
     try:
-        if suffix in (".parquet", ".pq"):
+        if parquet:
             frame = pd.read_parquet(io.BytesIO(data))
         else:
-            frame = pd.read_csv(io.BytesIO(data), sep="\t" if suffix == ".tsv" else ",")
+            text = _text(path, data)
+            sep = "\t" if suffix == ".tsv" else ","
+            header = _header(text, sep)
+            frame = pd.read_csv(io.StringIO(text), sep=sep)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
+    except DataError:
+        raise
     except Exception as exc:  # parsers raise many types; all mean "unreadable"
-        kind = "Parquet" if suffix in (".parquet", ".pq") else "CSV"
+        kind = "Parquet" if parquet else "CSV"
         raise DataError(f"{path}: not a readable {kind} file ({one_line(exc, 120)})") from None
+    if parquet:
+        _check_parquet_types(path, data)
     if frame.empty:
         raise DataError(f"{path}: no rows")
+    _check_columns(path, frame, header)
     return frame
 
 
@@ -120,27 +190,79 @@ def list_images(root: str | Path) -> list[tuple[Path, str]]:
     return files
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to (H, W, C) uint8 (C 1 or 3); unreadable -> DataError naming it."""
-    path = Path(path)
+def image_problem(data: bytes) -> str | None:
+    """Why an image file cannot be used without decoding it (empty, too large), or None.
+
+    The size comes from the file's header: a decompression bomb is refused before any pixel
+    is decoded (PIL itself only warns below twice its own limit).
+    """
+    if not data:
+        return "empty file"
+    from PIL import Image
+
     try:
-        return decode_image(path.read_bytes(), str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Image.DecompressionBombError:
+        return f"too large: over {MAX_IMAGE_PIXELS:,} pixels"
+    except Exception:  # noqa: BLE001 (PIL raises many types; decode_image names the problem)
+        return None
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"too large: {width} x {height} pixels, at most {MAX_IMAGE_PIXELS:,}"
+    return None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to (H, W, C) uint8 (C 1 or 3); unusable -> DataError naming it."""
+    path = Path(path)
+    data = path.read_bytes()
+    problem = image_problem(data)
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    try:
+        return decode_image(data, str(path))
     except InputError as exc:
         raise DataError(str(exc)) from None
 
 
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz; object arrays (ragged sequences, Python objects) are refused."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable .npz file ({one_line(exc, 120)})") from None
+    arrays: dict[str, np.ndarray] = {}
+    with npz:
+        for key in npz.files:
+            try:
+                arrays[key] = npz[key]
+            except ValueError as exc:
+                if "allow_pickle" not in str(exc):
+                    raise DataError(f"{path}: array {key!r} is unreadable ({exc})") from None
+                raise DataError(
+                    f"{path}: {key} is an object array (ragged sequences or Python objects); "
+                    "store one numeric array, sequences padded to one length"
+                ) from None
+            except Exception as exc:  # a truncated member: zipfile and zlib errors
+                raise DataError(
+                    f"{path}: array {key!r} is unreadable ({one_line(exc, 120)})"
+                ) from None
+    return arrays
+
+
 def read_sequences(path: str | Path) -> dict[str, np.ndarray]:
-    """X (N, T, C) float32, y (N,), and x_test/y_test when present; bad layout -> DataError."""
+    """X (N, T, C) float32, y (N,), and x_test/y_test when present; bad layout -> DataError.
+
+    Labels may be missing (NaN): those sequences are dropped by preprocess and counted.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable .npz file ({one_line(exc, 120)})") from None
+    arrays = _load_npz(path)
     out: dict[str, np.ndarray] = {}
     for xk, yk in (("x", "y"), ("x_test", "y_test")):
         if xk not in arrays and yk not in arrays and xk == "x_test":
@@ -154,21 +276,29 @@ def read_sequences(path: str | Path) -> dict[str, np.ndarray]:
         if x.ndim != 3:
             raise DataError(f"{path}: {xk} must be (N, T) or (N, T, C), got shape {x.shape}")
         if y.ndim != 1:
-            raise DataError(f"{path}: {yk} must be one label per sequence (N,), got {y.shape}")
+            raise DataError(
+                f"{path}: {yk} must be one label per sequence (N,), got {y.shape} "
+                "(one-hot labels: store the class index)"
+            )
         if len(x) != len(y):
             raise DataError(f"{path}: {xk} has {len(x)} sequences but {yk} has {len(y)} labels")
         if len(x) == 0:
             raise DataError(f"{path}: {xk} holds no sequences")
-        if not np.issubdtype(x.dtype, np.number):
+        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
             raise DataError(f"{path}: {xk} is not numeric ({x.dtype})")
-        if np.issubdtype(y.dtype, np.floating) and np.isnan(y).any():
-            raise DataError(f"{path}: {yk} holds {int(np.isnan(y).sum())} NaN labels")
         out[xk], out[yk] = x.astype(np.float32), y
     if "x_test" in out and out["x_test"].shape[1:] != out["x"].shape[1:]:
         raise DataError(
             f"{path}: x_test sequences are {out['x_test'].shape[1:]}, x are {out['x'].shape[1:]}"
         )
     return out
+
+
+def missing_labels(y: np.ndarray) -> np.ndarray:
+    """A mask of missing labels (NaN in a float array, None/NaN in others)."""
+    if np.issubdtype(y.dtype, np.floating):
+        return np.isnan(y)
+    return np.zeros(len(y), dtype=bool)
 
 
 def row_hashes(x: Any) -> np.ndarray:

@@ -17,6 +17,7 @@ from tasks.runtime import configure_environment, find_project_root, setup
 COMMAND_MODULES = (
     "flows.cli.run",
     "flows.cli.deploy",
+    "flows.cli.suite",
 )
 
 __all__ = ["build_parser", "configure_environment", "find_project_root", "main"]

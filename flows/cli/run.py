@@ -17,11 +17,16 @@ def _summary(result: dict[str, Any]) -> str:
     lines = ["", f"dlops run finished in {result['total_seconds']:.1f} s", "stages:"]
     for s in result["stages"]:
         lines.append(f"  {s['name']:<11} {s['outcome']:<9} {s['seconds']:7.2f} s")
-    data = result["stages"][0]["detail"]
+    details = {s["name"]: s["detail"] for s in result["stages"]}
+    data = details["ingest"]
+    dropped = details.get("preprocess", {}).get("dropped_missing_target", 0)
+    no_target = f"; {dropped} without a target dropped" if dropped else ""
     lines.append(
         f"data: {data.get('source')} ({data.get('modality')}, {data.get('task')}, "
-        f"{data.get('rows')} rows)"
+        f"{data.get('rows')} rows{no_target})"
     )
+    if details.get("suite", {}).get("created"):
+        lines.append(f"suite: inferred {details['suite']['path']}: review it and commit it")
     lines.append(
         "test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "n_test")
     )
@@ -126,6 +131,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(exc, 2)
     except DataError as exc:
         return _fail(exc, 1)
+    from flows.cli.console import quiet_console
+
+    quiet_console(_expected_errors())
     from flows.pipeline import pipeline
 
     try:

@@ -209,7 +209,9 @@ def test_flow_registers_promotes_and_reruns_nothing(dvc_project, tiny):
     assert _git_status(root, "--untracked-files=no") == ""
 
 
-def _table(path: Path, n: int = 240, seed: int = 0, rename: dict | None = None) -> Path:
+def _table(
+    path: Path, n: int = 240, seed: int = 0, rename: dict | None = None, no_label: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame(
         {
@@ -221,6 +223,7 @@ def _table(path: Path, n: int = 240, seed: int = 0, rename: dict | None = None) 
     frame["label"] = np.where(frame["income"] + (frame["city"] == "oslo") * 8 > 52, "yes", "no")
     frame.loc[::7, "age"] = np.nan
     frame.loc[3::11, "city"] = None
+    frame.loc[frame.index[5 : 5 + no_label], "label"] = None  # rows without a target
     frame.rename(columns=rename or {}).to_csv(path, index=False)
     return path
 
@@ -229,13 +232,26 @@ BYO = ["promote.threshold=null", "validate.min_rows=20"]
 
 
 def test_bring_your_own_csv_infers_then_enforces_its_suite(dvc_project, tiny):
+    from flows.cli.run import _summary
     from flows.pipeline import pipeline
     from tasks.validate import DataValidationError
 
     root = dvc_project
-    src = _table(root / "people.csv")
+    src = _table(root / "people.csv", no_label=2)
     first = pipeline(overrides=[*tiny, *BYO, f"data.source={src}", "data.target=label"])
     assert first["stages"][0]["detail"]["modality"] == "tables"
+    # 2 of 240 rows without a target: dropped and counted, not a validation failure
+    stages = {s["name"]: s for s in first["stages"]}
+    assert stages["suite"]["outcome"] == "ran" and stages["suite"]["detail"]["created"]
+    assert stages["preprocess"]["detail"]["dropped_missing_target"] == 2
+    assert (
+        json.loads((root / "data/processed/split.json").read_text())["dropped_missing_target"] == 2
+    )
+    parent = tracking.client().get_run(first["parent_run_id"])
+    assert parent.data.metrics["data/dropped_missing_target"] == 2
+    summary = _summary(first)
+    assert "(tables, classification, 240 rows; 2 without a target dropped)" in summary
+    assert "suite: inferred expectations/people.json: review it and commit it" in summary
     suite = json.loads((root / "expectations/people.json").read_text())
     assert suite["name"] and len(suite["expectations"]) > 5
     name = first["model"]["name"]
@@ -322,12 +338,15 @@ BAD_INPUTS = {
         [],
         "x has 9 sequences but y has 8 labels",
     ),
-    "NaN labels": (
+    "too many NaN labels": (
         lambda r: (
-            np.savez(r / "n.npz", x=np.zeros((3, 4)), y=np.array([0, np.nan, 1])) or r / "n.npz"
+            np.savez(
+                r / "n.npz", x=np.arange(96.0).reshape(24, 4), y=np.r_[[0, 1] * 10, [np.nan] * 4]
+            )
+            or r / "n.npz"
         ),
         [],
-        "y holds 1 NaN labels",
+        "4 of 24 rows have no target (16.7%), at most 5.0% allowed",
     ),
 }
 

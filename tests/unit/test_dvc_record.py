@@ -30,6 +30,7 @@ def test_stage_is_recorded_skipped_and_restored_like_dvc_repro(dvc_project):
     assert reproduce(root, "ingest", lambda: ingest.run(_cfg()))[0] is Outcome.RAN
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert lock["stages"]["ingest"]["outs"][0]["md5"] == md5
+    assert validate.init_suite(_cfg()).created  # the suite step: validate depends on it
     assert reproduce(root, "validate", lambda: validate.run(_cfg()))[0] is Outcome.RAN
     assert reproduce(root, "validate", lambda: validate.run(_cfg()))[0] is Outcome.SKIPPED
     assert reproduce(root, "preprocess", lambda: preprocess.run(_cfg()))[0] is Outcome.RAN

@@ -1,4 +1,8 @@
-"""tasks.validate on real Great Expectations: tiny tables, images and sequences built here."""
+"""tasks.validate on real Great Expectations: tiny tables, images and sequences built here.
+
+The suite step (`init_suite`) infers a source's suite and writes it once the data passes; the
+validate stage (`run`) only enforces a committed suite.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from tasks import tracking
 from tasks import validate as validate_mod
 from tasks.config import Config, load_config, write_overrides
 from tasks.sources import Manifest
-from tasks.validate import DataValidationError, ValidateResult, run
+from tasks.validate import DataValidationError, ValidateResult, init_suite, run
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 MIN_ROWS = 20
@@ -56,10 +60,10 @@ def suite_file(cfg: Config) -> Path:
     return Path(cfg.paths.suites_dir) / f"{cfg.data.name}.json"
 
 
-def fails(cfg: Config, **kwargs: Any) -> DataValidationError:
-    """Run, expect a DataValidationError, check that its message is one line."""
+def fails(cfg: Config, step: Callable[..., Any] = run, **kwargs: Any) -> DataValidationError:
+    """Run the stage (or the suite step), expect a DataValidationError on one line."""
     with pytest.raises(DataValidationError) as info:
-        run(cfg, **kwargs)
+        step(cfg, **kwargs)
     message = str(info.value)
     assert "\n" not in message and message.startswith("validation failed for ")
     return info.value
@@ -112,8 +116,11 @@ def table_suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp)
         cfg = table_cfg(tmp, base_table())
+        step = init_suite(cfg)
+        assert step.created and step.path == suite_file(cfg)
         result = run(cfg)
-        assert result.success and result.suite_inferred
+        assert result.success and not result.suite_inferred
+        assert result.n_expectations == step.n_expectations
         rep = report(cfg)
     return {"path": tmp / suite_file(cfg), "result": result, "report": rep, "cfg": cfg}
 
@@ -126,7 +133,7 @@ def test_table_suite_is_inferred_saved_then_enforced(
     first: ValidateResult = table_suite["result"]
     cfg = table_cfg(tmp_path, base_table())
     path = suite_file(cfg)
-    assert first.suite_path.name == "people.json" and first.suite_inferred is True
+    assert first.suite_path.name == "people.json"
 
     # The saved suite is GX's own JSON: it loads back into an ExpectationSuite as it is.
     saved = json.loads(table_suite["path"].read_text())
@@ -152,7 +159,16 @@ def test_table_suite_is_inferred_saved_then_enforced(
     assert by_kind[("expect_column_values_to_not_be_null", "income")]["mostly"] == pytest.approx(
         1 - (10 / 60 + 0.05), abs=1e-6
     )
-    assert "mostly" not in by_kind[("expect_column_values_to_not_be_null", "label")]
+    # bounds that follow params.yaml are GX suite parameters, resolved at validation time
+    assert by_kind[("expect_column_values_to_not_be_null", "label")]["mostly"] == {
+        "$PARAMETER": "1 - max_missing_target"
+    }
+    row_counts = [
+        e["kwargs"] for e in saved["expectations"] if e["type"].startswith("expect_table_row")
+    ]
+    assert row_counts[0] == {"min_value": {"$PARAMETER": "min_rows"}}
+    assert row_counts[1]["min_value"] == {"$PARAMETER": "min_rows_per_class"}
+    assert not any("param" in (e["meta"].get("dlops") or {}) for e in saved["expectations"])
     assert "int64" in by_kind[("expect_column_values_to_be_in_type_list", "age")]["type_list"]
     assert "float64" in by_kind[("expect_column_values_to_be_in_type_list", "age")]["type_list"]
     assert by_kind[("expect_column_values_to_be_in_type_list", "city")]["type_list"] == ["str"]
@@ -346,7 +362,7 @@ def test_single_class_is_rejected_and_no_suite_is_inferred(tmp_path: Path) -> No
     frame["label"] = "cat"
     cfg = table_cfg(tmp_path, frame)
 
-    error = fails(cfg)
+    error = fails(cfg, init_suite)
 
     raw = Path("raw", "data.csv")
     assert str(error) == (
@@ -361,7 +377,7 @@ def test_too_few_rows_per_class_fails_and_saves_no_suite(tmp_path: Path) -> None
     dogs = frame.index[frame["label"] == "dog"]
     frame = frame.drop(index=dogs[3:])  # 30 cats, 3 dogs
 
-    error = fails(cfg := table_cfg(tmp_path, frame))
+    error = fails(cfg := table_cfg(tmp_path, frame), init_suite)
 
     assert f"min_rows_per_class(label == dog): 3 rows, expected at least {MIN_PER_CLASS}" in str(
         error
@@ -380,7 +396,7 @@ def test_too_few_rows_and_the_message_is_capped(tmp_path: Path) -> None:
     frame = base_table(12)
     frame["label"] = ["cat", "dog", "cow", "pig", "emu", "owl"] * 2  # 2 rows per class
 
-    error = fails(cfg := table_cfg(tmp_path, frame))
+    error = fails(cfg := table_cfg(tmp_path, frame), init_suite)
 
     message = str(error)
     assert f"expect_table_row_count_to_be_between: 12 rows, expected at least {MIN_ROWS}" in (
@@ -413,9 +429,10 @@ def test_regression_table_checks_the_target_range(tmp_path: Path) -> None:
     frame["label"] = np.linspace(0.0, 10.0, N_ROWS)
     cfg = table_cfg(tmp_path, frame, "regression")
 
+    assert init_suite(cfg).created
     result = run(cfg)
 
-    assert result.success and result.suite_inferred
+    assert result.success
     rep = report(cfg)
     assert rep["task"] == "regression" and rep["per_class_counts"] == {}
     names = {e["name"] for e in rep["expectations"]}
@@ -496,7 +513,8 @@ def test_suite_of_another_modality_is_refused(tmp_path: Path, table_suite: dict[
 
     assert str(error) == (
         f"validation failed for raw/images: suite {suite_file(cfg)}: "
-        "inferred for tables data, the data is images (delete the suite to infer a new one)"
+        "inferred for tables data, the data is images "
+        "(`dlops suite init --force` infers a new one)"
     )
 
 
@@ -539,9 +557,10 @@ MIXED = [(8, 8, 1), (12, 10, 3)] * 6
 def test_images_of_two_sizes_and_modes_pass(tmp_path: Path) -> None:
     cfg = image_cfg(tmp_path, {"cat": MIXED, "dog": MIXED})
 
+    assert init_suite(cfg).created
     result = run(cfg)
 
-    assert result.success and result.suite_inferred and result.n_expectations >= 10
+    assert result.success and result.n_expectations >= 10
     rep = report(cfg)
     assert rep["modality"] == "images" and rep["rows"] == 24
     assert rep["per_class_counts"] == {"cat": 12, "dog": 12}
@@ -550,7 +569,9 @@ def test_images_of_two_sizes_and_modes_pass(tmp_path: Path) -> None:
     saved = json.loads(suite_file(cfg).read_text())
     kinds = {(e["type"], e["kwargs"].get("column")): e["kwargs"] for e in saved["expectations"]}
     assert kinds[("expect_column_values_to_be_in_set", "channels")]["value_set"] == [1, 3]
-    assert kinds[("expect_column_values_to_be_between", "height")]["min_value"] == 8
+    assert kinds[("expect_column_values_to_be_between", "height")]["min_value"] == {
+        "$PARAMETER": "image_min_size"
+    }
     assert kinds[("expect_column_distinct_values_to_equal_set", "class")]["value_set"] == [
         "cat",
         "dog",
@@ -574,7 +595,7 @@ def test_corrupt_images_are_named(tmp_path: Path) -> None:
     (tmp_path / "raw" / "images" / "cat" / "bad.png").write_bytes(b"not a png at all")
     (tmp_path / "raw" / "images" / "dog" / "000.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
 
-    error = fails(cfg)
+    error = fails(cfg, init_suite)
 
     images = Path("raw", "images")
     assert str(error) == (
@@ -621,9 +642,10 @@ def test_sequences_pass_then_a_shape_change_fails(tmp_path: Path) -> None:
     xt, yt = waves(10, seed=1)
     cfg = seq_cfg(tmp_path, x, y, x_test=xt, y_test=yt)
 
+    assert init_suite(cfg).created
     result = run(cfg)
 
-    assert result.success and result.suite_inferred
+    assert result.success
     rep = report(cfg)
     assert rep["rows"] == 50 and rep["splits"] == {"train": 40, "test": 10}
     assert rep["shape"] == [16, 2] and rep["per_class_counts"] == {"0": 25, "1": 25}
@@ -648,7 +670,7 @@ def test_sequences_with_nan_or_inf_fail_naming_them(tmp_path: Path) -> None:
     x[3, 5, 0] = np.nan
     x[7, 0, 1] = np.inf
 
-    error = fails(seq_cfg(tmp_path, x, y))
+    error = fails(seq_cfg(tmp_path, x, y), init_suite)
 
     message = str(error)
     assert "expect_column_values_to_be_in_set(n_nan): 1 of 40 sequences hold NaN: train[3]" in (
@@ -667,6 +689,7 @@ def test_sequences_with_nan_or_inf_fail_naming_them(tmp_path: Path) -> None:
 def test_sequences_out_of_range_fail(tmp_path: Path) -> None:
     x, y = waves(40)
     cfg = seq_cfg(tmp_path, x, y)
+    init_suite(cfg)
     assert run(cfg).success
 
     x[9] *= 100
@@ -686,6 +709,7 @@ def test_logs_report_docs_and_tag_to_mlflow(tmp_path: Path, sqlite_mlflow: str) 
     cfg = table_cfg(tmp_path, base_table())
     good = tracking.start_run("exp", "validate")
 
+    assert init_suite(cfg, mlflow_run_id=good).created
     assert run(cfg, mlflow_run_id=good).success
 
     assert client.get_run(good).data.tags["validation.success"] == "true"
@@ -735,18 +759,38 @@ def test_main_exits_with_the_one_line_message(
 
     raw = Path("raw")
     assert info.value.code == (
-        f"validation failed for {raw}: {raw / 'manifest.json'}: no manifest; "
+        f"validate: validation failed for {raw}: {raw / 'manifest.json'}: no manifest; "
         "run the ingest stage first"
     )
 
 
-def test_main_reports_the_inferred_suite(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_main_without_a_suite_says_to_run_the_suite_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _main(tmp_path, monkeypatch, lambda: table_cfg(tmp_path, base_table()))
+    with pytest.raises(SystemExit) as info:
+        _main(tmp_path, monkeypatch, lambda: table_cfg(tmp_path, base_table()))
+
+    raw, suite = tmp_path / "raw" / "data.csv", tmp_path / "suites" / "people.json"
+    assert info.value.code == (
+        f"validate: validation failed for {raw}: no suite {suite}: run `dlops suite init` (or "
+        "`dlops run`, which infers it on a source's first run)"
+    )
+    assert not suite.exists() and not (tmp_path / "validation").exists()
+
+
+def test_main_enforces_the_committed_suite(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    table_suite: dict[str, Any],
+) -> None:
+    def committed() -> None:
+        table_cfg(tmp_path, base_table())
+        (tmp_path / "suites").mkdir()
+        shutil.copy(table_suite["path"], tmp_path / "suites" / "people.json")
+
+    _main(tmp_path, monkeypatch, committed)
 
     out = capsys.readouterr().out
-    assert (
-        out.startswith("validate: ") and "expectations passed (suite inferred and saved: " in out
-    )
-    assert (tmp_path / "suites" / "people.json").is_file()
+    assert out.startswith("validate: ") and "expectations passed (suite " in out
+    assert report(table_suite["cfg"])["success"] is True
