@@ -22,6 +22,8 @@ from flows import workspace
 from tasks.config import PARAMS_FILE, Config, load_config
 from tasks.redact import redact
 
+WATCH_TAG = "dlops-watch"
+
 
 def variable_name(cfg: Config) -> str:
     """The Prefect Variable holding the last hash acted on (lowercase, dashes)."""
@@ -80,8 +82,14 @@ def watch_data(
         (last or "none")[:12],
         deployment,
     )
+    from prefect.runtime import flow_run
+
     run = run_deployment(
-        deployment, parameters={"overrides": list(overrides or [])}, timeout=0, as_subflow=False
+        deployment,
+        parameters={"overrides": list(overrides or [])},
+        timeout=0,
+        as_subflow=False,
+        tags=[WATCH_TAG, f"{WATCH_TAG}:{flow_run.get_id()}"],  # who started it, for the UI
     )
     Variable.set(name, now, overwrite=True)
     return {"changed": True, "sha256": now, "flow_run_id": str(run.id)}

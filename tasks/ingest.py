@@ -383,27 +383,28 @@ def describe(cfg: Config, raw_dir: Path, file: str, source: str, sha256: str) ->
     )
 
 
-def _previous(cfg: Config) -> Manifest | None:
+def _previous(cfg: Config, raw_dir: Path) -> Manifest | None:
     try:
-        m = Manifest.load(cfg.paths.raw_dir)
+        m = Manifest.load(raw_dir)
     except (DataError, TypeError, ValueError):
         return None
-    ok = m.params_hash == cfg.section_hash("data") and m.data_path(cfg.paths.raw_dir).exists()
+    ok = m.params_hash == cfg.section_hash("data") and m.data_path(raw_dir).exists()
     return m if ok else None
 
 
-def run(cfg: Config, verify_name: bool = True) -> IngestResult:
+def run(cfg: Config, verify_name: bool = True, raw_dir: Path | None = None) -> IngestResult:
     """Copy the data into `paths.raw_dir` with its manifest, atomically.
 
     The stage runs on every pipeline run (the source may have changed outside the repository),
     but leaves the raw folder untouched when the content is the same: downstream stages skip.
     First (unless `verify_name` is false: `dlops suite init --force` moves a name) a source
-    whose data name another source holds is refused (tasks.names).
+    whose data name another source holds is refused (tasks.names). `raw_dir` (default:
+    `paths.raw_dir`) is where the copy goes: `dlops suite init` copies to a scratch folder.
     """
     if verify_name:
         check_name(cfg)  # before anything is written
-    raw_dir = Path(cfg.paths.raw_dir)
-    previous = _previous(cfg)
+    raw_dir = Path(raw_dir or cfg.paths.raw_dir)
+    previous = _previous(cfg, raw_dir)
     if previous is not None and cfg.data.source is None:  # built-ins are deterministic
         return IngestResult(raw_dir=raw_dir, manifest=previous)
     raw_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,8 @@ class RegisterResult:
     created: bool
 
 
-def find_version(client: MlflowClient, name: str, sha256: str) -> ModelVersion | None:
-    """The newest version of `name` tagged with these weights' hash, if any."""
+def _versions_with(client: MlflowClient, name: str, sha256: str) -> list[ModelVersion]:
+    """Every version of `name` tagged with these weights' hash."""
     matches: list[ModelVersion] = []
     token = None
     while True:
@@ -48,7 +48,17 @@ def find_version(client: MlflowClient, name: str, sha256: str) -> ModelVersion |
         token = page.token
         if not token:
             break
-    return max(matches, key=lambda mv: int(mv.version), default=None)
+    return matches
+
+
+def find_version(client: MlflowClient, name: str, sha256: str) -> ModelVersion | None:
+    """The newest version of `name` tagged with these weights' hash, if any."""
+    return max(_versions_with(client, name, sha256), key=lambda mv: int(mv.version), default=None)
+
+
+def oldest_version(client: MlflowClient, name: str, sha256: str) -> ModelVersion | None:
+    """The first version registered with these weights (the one concurrent runs all keep)."""
+    return min(_versions_with(client, name, sha256), key=lambda mv: int(mv.version), default=None)
 
 
 def input_example(cfg: Config) -> pd.DataFrame | None:
@@ -107,15 +117,22 @@ def run(cfg: Config, lineage: dict[str, str], parent_run_id: str | None = None) 
         if parent_run_id:
             tags.setdefault(PIPELINE_RUN_TAG, parent_run_id)
         mv = mlflow.register_model(info.model_uri, name, tags=tags)
-        for path in (DVC_LOCK, PARAMS_FILE):
-            if Path(path).is_file():
-                client.log_artifact(run_id, path)
+        first = oldest_version(client, name, sha256)
+        if first is not None and str(first.version) != str(mv.version):
+            # a run with identical inputs (on another worker) registered these weights first:
+            # keep one version per weights, the oldest, whatever the interleaving
+            client.delete_model_version(name, mv.version)
+            mv = first
+        else:
+            for path in (DVC_LOCK, PARAMS_FILE):
+                if Path(path).is_file():
+                    client.log_artifact(run_id, path)
         result = RegisterResult(
             name=name,
             version=str(mv.version),
-            run_id=run_id,
+            run_id=mv.run_id,
             model_uri=f"models:/{name}/{mv.version}",
-            created=True,
+            created=mv.run_id == run_id,
         )
     if parent_run_id:
         client.set_tag(parent_run_id, REGISTERED_TAG, f"{name}/{result.version}")

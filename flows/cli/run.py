@@ -49,8 +49,6 @@ def _summary(result: dict[str, Any]) -> str:
         lines.append(
             "  dvc metrics show  |  dvc plots show  |  dvc repro (re-checks the source only)"
         )
-    for suite in result.get("new_suites", []):
-        lines.append(f"  new GX suite inferred: {suite} (review and commit it)")
     return "\n".join(lines)
 
 

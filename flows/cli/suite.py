@@ -36,7 +36,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     try:
         check_name(cfg, rehome=args.force)
         raw = scratch / "raw"
-        ingest.run(cfg.with_values({"paths.raw_dir": str(raw)}), verify_name=False)
+        ingest.run(cfg, verify_name=False, raw_dir=raw)
         result = init_suite(cfg, force=args.force, raw_dir=raw, report=False)
     except (DataValidationError, DataError, ConfigError) as exc:
         # name the user's source, not its scratch copy

@@ -245,7 +245,10 @@ def test_bring_your_own_csv_infers_then_enforces_its_suite(dvc_project, tiny):
     assert stages["suite"]["outcome"] == "ran" and stages["suite"]["detail"]["created"]
     assert stages["preprocess"]["detail"]["dropped_missing_target"] == 2
     assert (
-        json.loads((root / "data/processed/split.json").read_text())["dropped_missing_target"] == 2
+        json.loads((Path(first["workspace"]) / "data/processed/split.json").read_text())[
+            "dropped_missing_target"
+        ]
+        == 2
     )
     parent = tracking.client().get_run(first["parent_run_id"])
     assert parent.data.metrics["data/dropped_missing_target"] == 2

@@ -133,9 +133,10 @@ def test_suite_init_writes_once_refuses_bad_data_and_force_moves_a_name(
     opts = ["-S", "data.target=label", "-S", "validate.min_rows=20"]
     params = (home / "params.yaml").read_text()
 
-    code, out, _ = _suite_init(["--data", str(first), *opts], capsys)
+    code, out, err = _suite_init(["--data", str(first), *opts], capsys)
     suite = home / "expectations" / "people.json"
-    assert code == 0 and out.startswith(f"suite: wrote {Path('expectations/people.json')} (")
+    assert code == 0, err
+    assert out.startswith(f"suite: wrote {Path('expectations/people.json')} (")
     assert f"inferred from {first}); review it and commit it" in out
     written = suite.read_text()
     assert json.loads(written)["meta"]["dlops"]["inferred_from"]["source"] == str(first)

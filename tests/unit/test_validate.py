@@ -770,12 +770,12 @@ def test_main_without_a_suite_says_to_run_the_suite_step(
     with pytest.raises(SystemExit) as info:
         _main(tmp_path, monkeypatch, lambda: table_cfg(tmp_path, base_table()))
 
-    raw, suite = tmp_path / "raw" / "data.csv", tmp_path / "suites" / "people.json"
+    raw, suite = Path("raw", "data.csv"), Path("suites", "people.json")  # as params name them
     assert info.value.code == (
         f"validate: validation failed for {raw}: no suite {suite}: run `dlops suite init` (or "
         "`dlops run`, which infers it on a source's first run)"
     )
-    assert not suite.exists() and not (tmp_path / "validation").exists()
+    assert not (tmp_path / suite).exists() and not (tmp_path / "validation").exists()
 
 
 def test_main_enforces_the_committed_suite(
