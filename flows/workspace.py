@@ -36,8 +36,7 @@ WORKSPACES = Path(".dlops") / "workspaces"
 MARKER = ".dvc/tmp/dlops-workspace.json"
 # Files a run owns in its workspace: never copied from the checkout, never deleted by a sync.
 RUN_OWNED = frozenset({PARAMS_FILE, "dvc.lock"})
-# What a DVC experiment keeps besides git-tracked files (metrics live in ignored folders).
-LOCK_FILE = "dvc.lock"
+SHARED_REMOTE = "dlops-shared"  # a deployment run's remote: DLOPS_DVC_REMOTE
 
 
 class WorkspaceError(RuntimeError):
@@ -95,19 +94,23 @@ def _working_files(root: Path) -> set[str]:
     return {f for f in listed.split("\0") if f and (root / f).is_file()}
 
 
-def _dvc_settings(checkout: Path) -> tuple[str, dict[str, str]]:
-    """The checkout's DVC cache folder and its remotes' URLs, as absolute paths where local."""
+def _dvc_settings(checkout: Path) -> tuple[str, dict[str, str], str | None]:
+    """The checkout's DVC cache folder, its remotes' URLs (absolute where local), the default."""
     from dvc.repo import Repo
 
     with Repo(str(checkout)) as repo:
         cache = str(repo.cache.local_cache_dir)
         remotes = {name: str(r["url"]) for name, r in repo.config["remote"].items()}
-    return cache, remotes
+        default = repo.config["core"].get("remote")
+    return cache, remotes, default
 
 
-def configure_dvc(root: Path, cache_dir: str, remotes: dict[str, str]) -> None:
-    """Point a workspace's DVC at a cache folder and remote URLs (`.dvc/config.local`)."""
-    lines = ["[cache]", f"    dir = {cache_dir}"]
+def configure_dvc(
+    root: Path, cache_dir: str, remotes: dict[str, str], default: str | None = None
+) -> None:
+    """Point a workspace's DVC at a cache folder and remotes (`.dvc/config.local`)."""
+    lines = ["[core]", f"    remote = {default}"] if default else []
+    lines += ["[cache]", f"    dir = {cache_dir}"]
     for name, url in sorted(remotes.items()):
         lines += [f"['remote \"{name}\"']", f"    url = {url}"]
     local = root / ".dvc" / "config.local"
@@ -171,8 +174,7 @@ def prepare(checkout: str | Path, overrides: list[str]) -> Workspace:
     key = overrides_key(list(canon))
     root = checkout / WORKSPACES / key
     _create(checkout, root, head)
-    cache, remotes = _dvc_settings(checkout)
-    configure_dvc(root, cache, remotes)
+    configure_dvc(root, *_dvc_settings(checkout))
     return Workspace(root, checkout, canon, key)
 
 
@@ -208,10 +210,10 @@ def in_clone(root: str | Path, overrides: list[str]) -> Workspace:
     cache = os.environ.get("DLOPS_DVC_CACHE")
     remote = os.environ.get("DLOPS_DVC_REMOTE")
     if cache or remote:
-        _, remotes = _dvc_settings(root)
-        if remote:
-            remotes = {name: remote for name in remotes} or {"local": remote}
-        configure_dvc(root, cache or str(root / ".dvc" / "cache"), remotes)
+        own_cache, remotes, default = _dvc_settings(root)
+        if remote:  # the team's remote is where this run's outputs go
+            remotes, default = {**remotes, SHARED_REMOTE: remote}, SHARED_REMOTE
+        configure_dvc(root, cache or own_cache, remotes, default)
     return Workspace(root, root, canon, overrides_key(list(canon)) if canon else None)
 
 
