@@ -77,10 +77,22 @@ def ingest(cfg: Config) -> StageReport:
 
 @task(name="suite", cache_policy=NO_CACHE)
 def suite(cfg: Config, parent_run_id: str) -> StageReport:
-    """Infer and write `<paths.suites_dir>/<data name>.json` when it is missing; else nothing."""
-    from tasks.validate import init_suite
+    """Infer and write `<paths.suites_dir>/<data name>.json` when it is missing; else nothing.
+
+    A deployment run enforces the suite committed to the repository it cloned: inferring one in
+    a throwaway clone would accept whatever the data is that day (a renamed column, a lost class)
+    and lose the suite with the clone.
+    """
+    from tasks.validate import DataValidationError, init_suite, suite_path
 
     start = time.perf_counter()
+    path = suite_path(cfg)
+    if _deployment_run() and not path.is_file():
+        raise DataValidationError(
+            f"validation failed for {cfg.data.name}: no committed suite {path} in the "
+            "repository this run cloned: run `dlops suite init`, review the suite and commit it "
+            "(deployment runs enforce the committed suite)"
+        )
     r = init_suite(cfg, mlflow_run_id=parent_run_id)
     outcome = "ran" if r.created else "skipped"
     seconds = round(time.perf_counter() - start, 2)

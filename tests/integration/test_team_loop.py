@@ -74,8 +74,14 @@ def team(tmp_path_factory):
     overrides = [*TINY, "promote.threshold=null", "validate.min_rows=20"]
     overrides += [f"data.source={source}", "data.target=label"]
     write_overrides(project / "params.yaml", overrides)
+    # the team infers the source's suite once, reviews it and commits it with the pipeline
+    init = subprocess.run(
+        [str(BIN / "dlops"), "suite", "init"], cwd=project, capture_output=True, text=True
+    )
+    assert init.returncode == 0, init.stderr
+    assert (project / "expectations" / "people.json").is_file()
     git("add", "-A", cwd=project)
-    git("commit", "-qm", "the team's pipeline", cwd=project)
+    git("commit", "-qm", "the team's pipeline and the source's suite", cwd=project)
 
     prefix = f"dlopsloop_{uuid.uuid4().hex[:8]}"
     env = _stack_env(root / "stack", project / ".env", prefix, _free_port(), _free_port())
