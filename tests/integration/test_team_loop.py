@@ -46,7 +46,8 @@ def prefect_server():
 
 def _people(path: Path, n: int = 160, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)})
+    # bounded features: a refresh with more rows stays inside the committed suite's ranges
+    frame = pd.DataFrame({"a": rng.uniform(-2, 2, n), "b": rng.uniform(-2, 2, n)})
     frame["label"] = np.where(frame["a"] + 0.2 * frame["b"] > 0, "up", "down")
     frame.to_csv(path, index=False)
     return path
