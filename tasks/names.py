@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tasks.config import Config, ConfigError
+from tasks.config import ENV_PREFIX, Config, ConfigError, resolve_source
 from tasks.redact import redact_url
 
 BUILTIN = "builtin:"
@@ -41,6 +41,11 @@ def canonical(source: str) -> str:
     """A source's comparable form: redacted, and an absolute path for local files."""
     if source.startswith(BUILTIN):
         return source
+    if source.startswith(ENV_PREFIX):  # the URL it names (a suite records that, redacted)
+        try:
+            source = resolve_source(source)
+        except ValueError:
+            return source
     parts = urlsplit(source)
     if parts.scheme == "file":
         source = parts.path

@@ -124,8 +124,9 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 def _errors(stderr: str) -> list[str]:
-    """stderr without make's own `make: *** ... Error 1` line."""
-    return [line for line in stderr.splitlines() if line and not line.startswith("make:")]
+    """stderr without make's own `make: *** ... Error 1` line (`make[1]:` under `make test`)."""
+    own = re.compile(r"make(\[\d+\])?: ")
+    return [line for line in stderr.splitlines() if line and not own.match(line)]
 
 
 @pytest.fixture(scope="module")
