@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks import tracking
 from tasks.config import LOWER_IS_BETTER, Config, ConfigError, load_config, require_task
+from tasks.testhook import pause_point
 
 if TYPE_CHECKING:
     import numpy as np
@@ -103,10 +104,32 @@ def _recorded_score(mv: ModelVersion) -> float:
     return math.nan if value is None else value
 
 
+def _move_aliases(client: MlflowClient, name: str, version: str, promoted: bool) -> None:
+    """The decision's commit point: @champion (or @challenger) moves to `version`."""
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        if _alias_version(client, name, CHALLENGER) == version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+
+
 def _recorded(client: MlflowClient, name: str, mv: ModelVersion) -> PromoteResult:
-    """The decision already recorded on a version (nothing is scored or moved)."""
+    """The decision already recorded on a version (nothing is scored).
+
+    A run killed between recording the decision and moving the alias left the aliases as they
+    were: when @champion is still the one the decision was made against, the move is finished
+    here; when another version became champion since, the aliases are left alone.
+    """
     champion = _alias_version(client, name, CHAMPION)
     previous = mv.tags.get(TAG_CHAMPION_VERSION)
+    promoted = mv.tags[TAG_DECISION] == PROMOTED
+    version = str(mv.version)
+    expected = None if previous in (None, NONE) else previous
+    done = champion == version if promoted else _alias_version(client, name, CHALLENGER) == version
+    if not done and champion == expected:
+        _move_aliases(client, name, version, promoted)
+        champion = _alias_version(client, name, CHAMPION)
     return PromoteResult(
         promoted=mv.tags[TAG_DECISION] == PROMOTED,
         reason=mv.tags.get(TAG_REASON, ""),
@@ -266,13 +289,9 @@ def run(cfg: Config, name: str, version: str) -> PromoteResult:
     bound = cfg.promote.bound(metric)
     promoted, reason = decide(metric, new_score, bound, champion, champion_score)
 
-    # Aliases first, the decision tag last: a run cut short in between is judged again.
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        if _alias_version(client, name, CHALLENGER) == version:
-            client.delete_registered_model_alias(name, CHALLENGER)
-    else:
-        client.set_registered_model_alias(name, CHALLENGER, version)
+    # The decision tags first (the decision itself last of them), the aliases last: @champion
+    # is unchanged until a promotion completes; a run cut short before the decision tag is judged
+    # again, one cut short after it finishes the move (`_recorded`).
     tags = {
         TAG_REASON: reason,
         TAG_METRIC: metric,
@@ -283,6 +302,8 @@ def run(cfg: Config, name: str, version: str) -> PromoteResult:
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    pause_point("promote")  # test hook: killed here, the champion must not have moved
+    _move_aliases(client, name, version, promoted)
     return PromoteResult(
         promoted=promoted,
         reason=reason,

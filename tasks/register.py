@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from tasks import tracking
 from tasks.config import PARAMS_FILE, Config, load_config
 from tasks.redact import redact
+from tasks.testhook import pause_point
 from tasks.utils import file_sha256, read_json
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ def run(cfg: Config, lineage: dict[str, str], parent_run_id: str | None = None) 
                 "at it"
             ) from exc
         info, _ = log_model(train_dir, run_id, input_example(cfg))
+        pause_point("register")  # test hook: killed here, the model is logged, not registered
         tags = {**{k: str(v) for k, v in lineage.items()}, SHA_TAG: sha256}
         if parent_run_id:
             tags.setdefault(PIPELINE_RUN_TAG, parent_run_id)

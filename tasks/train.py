@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -282,6 +283,8 @@ def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list]:
 
     from models.datamodule import DataModule
     from models.metrics import VAL_LOSS
+    from models.progress import Progress
+    from tasks.testhook import pause_point
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, info, cfg.train.max_epochs)
@@ -292,6 +295,8 @@ def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list]:
         # every epoch: `save_last=True` writes only in epochs that improve val/loss (Lightning 2.6)
         ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False),
         EarlyStopping(monitor=VAL_LOSS, mode="min", patience=cfg.train.patience),
+        # faults: per-epoch progress on the logger "dlops"; the test hook (tasks/testhook.py)
+        Progress("train", after_first_epoch=functools.partial(pause_point, "train")),
     ]
     return module, dm, callbacks
 

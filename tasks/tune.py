@@ -72,12 +72,16 @@ def make_pruner(kind: str, max_epochs: int) -> Any:
 
 def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
     """Run the study, each trial a nested MLflow run; write the best parameters as JSON."""
+    from functools import partial
+
     import lightning as L
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
     from models.datamodule import DataModule
     from models.metrics import HEADLINE, VAL_LOSS
+    from models.progress import Progress
+    from tasks.testhook import pause_point
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -111,10 +115,12 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
         module = build_module(trial_cfg, info, t.max_epochs)
         pruning = PyTorchLightningPruningCallback(trial, monitor=VAL_LOSS)
         # trials run in this process (several processes would each start their own study)
+        # faults: per-epoch progress on the logger "dlops"; the test hook (tasks/testhook.py)
+        progress = Progress(f"tune trial {trial.number}", "tune", partial(pause_point, "tune"))
         trainer = make_trainer(
             trial_cfg,
             t.max_epochs,
-            [pruning],
+            [pruning, progress],
             enable_checkpointing=False,
             devices=1,
             strategy="auto",
