@@ -72,8 +72,12 @@ def ingest(cfg: Config) -> StageReport:
 
     pause_point("ingest")
 
+    from tasks.config import require_task
+
     report, _ = _dvc_stage("ingest", lambda: stage.run(cfg))
     m = Manifest.load(cfg.paths.raw_dir)
+    # the data told the task: train.* and promote.* must fit it, before anything is trained
+    require_task(cfg, m.task, cfg.data.shown_source or cfg.data.dataset)
     report.detail = {"rows": m.rows, "modality": m.modality, "task": m.task, "source": m.source}
     _markdown("ingest", f"ingest: {report.outcome}", report.detail)
     return report
@@ -183,13 +187,38 @@ def train(cfg: Config, parent_run_id: str) -> StageReport:
     return report
 
 
+def _model_run(cfg: Config) -> str:
+    """The training run that produced the model in `paths.train_dir` (its model.json)."""
+    return str(read_json(Path(cfg.paths.train_dir) / "model.json")["mlflow_run_id"])
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(cfg: Config) -> StageReport:
-    """Test metrics and plots."""
+def evaluate(cfg: Config, parent_run_id: str, trained_here: bool) -> StageReport:
+    """Test metrics and plots, logged to this run's training run.
+
+    When train did not run in this pipeline run (restored from DVC's run cache, or skipped),
+    its training run is an earlier run's: the metrics go to an `evaluate` run nested under this
+    parent instead, tagged with the training run that produced the model.
+    """
     from tasks import evaluate as stage
 
     pause_point("evaluate")
-    report, _ = _dvc_stage("evaluate", lambda: stage.run(cfg))
+
+    def body() -> Any:
+        model_run = _model_run(cfg)
+        if trained_here:
+            return stage.run(cfg, log_run_id=model_run)
+        tags = {"dlops.stage": "evaluate", tracking.MODEL_RUN_TAG: model_run}
+        child = tracking.start_run(cfg.register_.experiment, "evaluate", parent_run_id, tags)
+        try:
+            result = stage.run(cfg, log_run_id=child)
+        except BaseException:
+            tracking.end_run(child, failed=True)
+            raise
+        tracking.end_run(child)
+        return result
+
+    report, _ = _dvc_stage("evaluate", body)
     report.detail = read_json(cfg.paths.metrics)
     _markdown("test-metrics", f"test metrics ({report.outcome})", report.detail)
     return report
@@ -197,15 +226,23 @@ def evaluate(cfg: Config) -> StageReport:
 
 @task(name="register", cache_policy=NO_CACHE)
 def register(
-    cfg: Config, parent_run_id: str, flow_run_id: str | None, ws: workspace.Workspace
+    cfg: Config,
+    parent_run_id: str,
+    flow_run_id: str | None,
+    ws: workspace.Workspace,
+    trained_here: bool,
 ) -> StageReport:
-    """Log the pyfunc and register a version with lineage tags (idempotent)."""
+    """Log the pyfunc and register a version with lineage tags (idempotent).
+
+    A model this run did not train (train restored or skipped) is logged into a `register` run
+    under this parent, never into the earlier run that trained it.
+    """
     from tasks import lineage
     from tasks import register as stage
 
     start = time.perf_counter()
     tags = lineage.collect(cfg, flow_run_id, overrides=list(ws.overrides))
-    r = stage.run(cfg, tags, parent_run_id=parent_run_id)
+    r = stage.run(cfg, tags, parent_run_id=parent_run_id, trained_here=trained_here)
     outcome = "ran" if r.created else "skipped"
     seconds = round(time.perf_counter() - start, 2)
     get_run_logger().info("register: %s version %s (%s)", r.name, r.version, outcome)
@@ -372,11 +409,15 @@ def pipeline(overrides: list[str] | None = None) -> dict[str, Any]:
                 reports.append(preprocess(cfg, parent))
                 reports.append(tune(cfg, parent))
                 reports.append(train(cfg, parent))
-                reports.append(evaluate(cfg))
+                # restored from DVC's run cache or skipped, the model is an earlier run's: this
+                # run links it (a tag) and never writes into that run
+                trained_here = reports[-1].outcome == Outcome.RAN.value
+                tracking.client().set_tag(parent, tracking.MODEL_RUN_TAG, _model_run(cfg))
+                reports.append(evaluate(cfg, parent, trained_here))
                 from tasks.promote import check_compatible
 
                 check_compatible(cfg, cfg.model_name)  # before anything is registered
-                reg = register(cfg, parent, flow_run_id, ws)
+                reg = register(cfg, parent, flow_run_id, ws, trained_here)
                 reports.append(reg)
                 reports.append(promote(cfg, reg.detail["name"], reg.detail["version"]))
             except BaseException:

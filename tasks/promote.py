@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks import tracking
-from tasks.config import LOWER_IS_BETTER, Config, ConfigError, load_config, require_task
+from tasks.config import LOWER_IS_BETTER, Config, ConfigError, require_task
 from tasks.testhook import pause_point
 
 if TYPE_CHECKING:
@@ -320,9 +320,13 @@ def main() -> None:
     parser.add_argument("--name", help="registered model name (default: register.model_name)")
     parser.add_argument("--version", required=True, help="the version to judge")
     args = parser.parse_args()
-    cfg = load_config()
-    r = run(cfg, args.name or cfg.model_name, args.version)
-    print(f"promote: {r.reason}; @{CHAMPION} is v{r.champion_version}")
+    from tasks.entry import run_stage
+
+    def body(cfg: Config) -> str:
+        r = run(cfg, args.name or cfg.model_name, args.version)
+        return f"promote: {r.reason}; @{CHAMPION} is v{r.champion_version}"
+
+    run_stage("promote", body, check_upstream=False)  # not a DVC stage
 
 
 if __name__ == "__main__":

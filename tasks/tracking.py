@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 PARENT_TAG = "mlflow.parentRunId"
+# the training run that produced a model (on runs that use a model they did not train: a stage
+# restored from DVC's run cache or skipped carries model.json of an earlier run, never written to)
+MODEL_RUN_TAG = "dlops.model_run_id"
 
 
 def tracking_uri() -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import tracking
-from tasks.config import PARAMS_FILE, Config, load_config
+from tasks.config import PARAMS_FILE, Config
 from tasks.utils import atomic_dir, read_json, write_json
 
 MODEL_WEIGHTS = "model.pt"
@@ -440,13 +440,18 @@ def main() -> None:
         "--resume", action="store_true", help="continue from the last checkpoint if it matches"
     )
     args = parser.parse_args()
-    r = run(load_config(), resume=args.resume)
-    if not r.run_id:  # a worker rank: rank zero reports
-        return
-    print(
-        f"train: best {r.metric_name} {r.best_val_metric:.4f} val/loss {r.best_val_loss:.4f} at "
-        f"epoch {r.best_epoch} of {r.epochs}; MLflow run {r.run_id}"
-    )
+    from tasks.entry import run_stage
+
+    def body(cfg: Config) -> str:
+        r = run(cfg, resume=args.resume)
+        if not r.run_id:  # a worker rank: rank zero reports
+            return ""
+        return (
+            f"train: best {r.metric_name} {r.best_val_metric:.4f} val/loss "
+            f"{r.best_val_loss:.4f} at epoch {r.best_epoch} of {r.epochs}; MLflow run {r.run_id}"
+        )
+
+    run_stage("train", body, check_upstream=launched_rank() in (None, 0))
 
 
 if __name__ == "__main__":

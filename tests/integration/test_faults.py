@@ -276,3 +276,79 @@ def test_two_runs_at_once_in_one_checkout_the_second_refuses_in_one_line(project
     assert _running() == [] and len(_versions()) == 2
     assert _dvc_status(root) == {"ingest": ["always changed"]}
     assert set(_files_parse(root)) >= {"train", "evaluate"}
+
+
+def _snapshot(run_id: str) -> dict:
+    """What a run holds: status, end time, metrics, params, tags and every artifact path."""
+    c = tracking.client()
+    run = c.get_run(run_id)
+
+    def walk(path: str | None = None) -> list[str]:
+        found = []
+        for f in c.list_artifacts(run_id, path):
+            found += walk(f.path) if f.is_dir else [f.path]
+        return found
+
+    return {
+        "status": run.info.status,
+        "end_time": run.info.end_time,
+        "metrics": run.data.metrics,
+        "params": run.data.params,
+        "tags": run.data.tags,
+        "artifacts": sorted(walk()),
+        "models": len(
+            c.search_logged_models([run.info.experiment_id], f"source_run_id = '{run_id}'")
+        ),
+    }
+
+
+def test_a_restored_stage_never_writes_into_the_run_that_produced_it(
+    baseline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(baseline, root, symlinks=True)
+    shutil.rmtree(root / ".dvc" / "tmp", ignore_errors=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    trained_in = json.loads((root / "data/train/model.json").read_text())["mlflow_run_id"]
+    before = _snapshot(trained_in)
+    assert any(k.startswith("test/") for k in before["metrics"])  # evaluated by the baseline
+
+    # the evaluation code changed, and dvc.lock is gone (a clone sharing the DVC cache): the
+    # stages up to train are restored from DVC's run cache, evaluate runs
+    with (root / "tasks/evaluate.py").open("a") as fh:
+        fh.write("\n# the evaluation changed\n")
+    (root / "dvc.lock").unlink()
+    git("commit", "-qam", "evaluation changed", cwd=root)
+    code, out = _run(root, root.parent / "restored.log", "--json")
+    assert code == 0, out[-3000:]
+    result = json.loads(out[out.index("{") :])
+    outcomes = {s["name"]: s["outcome"] for s in result["stages"]}
+    assert outcomes["train"] == "restored" and outcomes["tune"] == "restored"
+    assert outcomes["evaluate"] == "ran"
+    assert _snapshot(trained_in) == before  # the producing run is left as it was
+
+    # this run links the model's training run and holds the new evaluation in a run of its own
+    c = tracking.client()
+    parent = c.get_run(result["parent_run_id"])
+    assert parent.data.tags[tracking.MODEL_RUN_TAG] == trained_in
+    assert parent.data.tags["stage.train"] == "restored"
+    (evaluation,) = _runs(f"tags.`{tracking.PARENT_TAG}` = '{parent.info.run_id}'")
+    assert evaluation.info.run_name == "evaluate" and evaluation.info.status == "FINISHED"
+    assert evaluation.data.tags[tracking.MODEL_RUN_TAG] == trained_in
+    assert evaluation.data.metrics["test/accuracy"] == pytest.approx(result["metrics"]["accuracy"])
+    assert result["model"] == {"name": NAME, "version": "1"}  # the same weights: no new version
+
+    # the version is deleted from the registry: the restored model is registered again, from a
+    # `register` run of the new pipeline run, not from the run that trained it
+    c.delete_model_version(NAME, "1")
+    code, out = _run(root, root.parent / "reregistered.log", "--json")
+    assert code == 0, out[-3000:]
+    result = json.loads(out[out.index("{") :])
+    assert {s["name"]: s["outcome"] for s in result["stages"]}["train"] == "skipped"
+    assert _snapshot(trained_in) == before
+    (v2,) = _versions()
+    registering = c.get_run(v2.run_id)
+    assert registering.info.run_name == "register" and registering.info.status == "FINISHED"
+    assert registering.data.tags[tracking.PARENT_TAG] == result["parent_run_id"]
+    assert v2.tags[tracking.MODEL_RUN_TAG] == trained_in
+    assert _champion() == str(v2.version) and _running() == []
