@@ -118,16 +118,20 @@ def _recorded(client: MlflowClient, name: str, mv: ModelVersion) -> PromoteResul
     """The decision already recorded on a version (nothing is scored).
 
     A run killed between recording the decision and moving the alias left the aliases as they
-    were: when @champion is still the one the decision was made against, the move is finished
-    here; when another version became champion since, the aliases are left alone.
+    were: when @champion is still the one the decision was made against (and, for a rejection,
+    no newer version holds @challenger), the move is finished here; else they are left alone.
     """
     champion = _alias_version(client, name, CHAMPION)
     previous = mv.tags.get(TAG_CHAMPION_VERSION)
     promoted = mv.tags[TAG_DECISION] == PROMOTED
     version = str(mv.version)
     expected = None if previous in (None, NONE) else previous
-    done = champion == version if promoted else _alias_version(client, name, CHALLENGER) == version
-    if not done and champion == expected:
+    challenger = _alias_version(client, name, CHALLENGER)
+    if promoted:
+        pending = champion != version and champion == expected
+    else:  # a newer version may hold @challenger by now: never move it back
+        pending = champion == expected and (challenger is None or int(challenger) < int(version))
+    if pending:
         _move_aliases(client, name, version, promoted)
         champion = _alias_version(client, name, CHAMPION)
     return PromoteResult(
