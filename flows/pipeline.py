@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from flows import workspace
 from flows.dvc_record import Outcome, Recorder
 from tasks import tracking
-from tasks.config import PARAMS_FILE, Config, load_config
+from tasks.config import PARAMS_FILE, Config, load_config, require_task
 from tasks.redact import redact
 from tasks.testhook import pause_point
 from tasks.utils import read_json
@@ -71,9 +71,6 @@ def ingest(cfg: Config) -> StageReport:
     from tasks.sources import Manifest
 
     pause_point("ingest")
-
-    from tasks.config import require_task
-
     report, _ = _dvc_stage("ingest", lambda: stage.run(cfg))
     m = Manifest.load(cfg.paths.raw_dir)
     # the data told the task: train.* and promote.* must fit it, before anything is trained
