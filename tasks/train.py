@@ -266,11 +266,15 @@ def _log_inputs(cfg: Config, run_id: str) -> None:
 
 def _open_run(cfg: Config, parent_run_id: str | None, resume_run: str | None) -> str:
     if resume_run:
+        from mlflow.exceptions import MlflowException
+
         try:
             tracking.client().update_run(resume_run, status="RUNNING")
             return resume_run
-        except Exception:  # the run is gone (another store): a new one
-            pass
+        except MlflowException as exc:  # faults: only a missing run means "a new one"
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # network, credentials, a locked database: not a reason to fork the run
+            log.warning("train: checkpoint run %s is not in this store: new run", resume_run)
     return tracking.start_run(
         cfg.register_.experiment, "train", parent_run_id, tags={"dlops.stage": "train"}
     )
