@@ -264,6 +264,38 @@ def _log_inputs(cfg: Config, run_id: str) -> None:
         c.set_tag(run_id, "validation.success", str(bool(success)).lower())
 
 
+def close_killed_run(ckpt_dir: Path) -> str | None:
+    """faults: a training killed mid-way left its run RUNNING and its id in the checkpoints.
+
+    A training that starts afresh (the stage holds the workspace's DVC lock: `dvc repro`,
+    `dlops train`, the flow) marks that run FAILED with the reason before it drops the
+    checkpoints; a pipeline's rerun has usually closed it already. Returns the run id closed.
+    """
+    meta = ckpt_dir / FINGERPRINT
+    run_id = read_json(meta).get("run_id") if meta.is_file() else None
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    c = tracking.client()
+    try:
+        run = c.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None  # another store's run
+    if run.info.status != "RUNNING":
+        return None
+    c.set_tag(
+        run_id,
+        tracking.ORPHAN_TAG,
+        f"training ended without closing this run (killed); its checkpoints in {ckpt_dir} were "
+        "dropped by the next training, which started afresh",
+    )
+    c.set_terminated(run_id, status="FAILED")
+    return run_id
+
+
 def _open_run(cfg: Config, parent_run_id: str | None, resume_run: str | None) -> str:
     if resume_run:
         from mlflow.exceptions import MlflowException
@@ -322,6 +354,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
         return _worker(cfg, info, resume)
     last, resume_run = resumable(cfg, print) if resume else (None, None)
     if last is None:
+        close_killed_run(ckpt_dir)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     module, dm, callbacks = _fit_parts(cfg, info)
 

@@ -72,3 +72,18 @@ def test_a_torn_marker_is_not_a_run(workspace: Path) -> None:
     (folder / "torn.json").write_text('{"token": "to')
     assert tracking.markers(workspace) == []
     assert tracking.close_orphans(workspace, "new") == []
+
+
+def test_a_training_killed_mid_way_has_its_run_closed_by_the_next(workspace: Path) -> None:
+    from tasks.train import FINGERPRINT, close_killed_run
+
+    ckpt = workspace / "data" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    killed = tracking.start_run(EXP, "train")  # RUNNING: the process died with it
+    (ckpt / FINGERPRINT).write_text(f'{{"fingerprint": "x", "run_id": "{killed}"}}')
+    assert close_killed_run(ckpt) == killed
+    run = tracking.client().get_run(killed)
+    assert run.info.status == "FAILED" and "killed" in run.data.tags[tracking.ORPHAN_TAG]
+    assert close_killed_run(ckpt) is None  # closed once; a finished run is left alone
+    (ckpt / FINGERPRINT).write_text('{"fingerprint": "x", "run_id": "0123456789abcdef"}')
+    assert close_killed_run(ckpt) is None  # not in this store
