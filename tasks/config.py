@@ -725,33 +725,40 @@ class Config(_Frozen):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def check_task(cfg: Config, task: str) -> None:
-    """Reject parameters that do not fit the task (raises ValueError naming the key)."""
+def check_task(cfg: Config, task: str, sections: tuple[str, ...] = ("train", "promote")) -> None:
+    """Reject parameters that do not fit the task (raises ValueError naming the key).
+
+    `sections`: whose keys to check (a stage checks the keys it reads: tune and train `train`,
+    promote `promote`; the flow checks both once ingest has told the task).
+    """
     t, loss = cfg.train, cfg.train.loss
+    train, promote = "train" in sections, "promote" in sections
     if task == "classification":
-        if loss in REGRESSION_LOSSES:
+        if train and loss in REGRESSION_LOSSES:
             raise ValueError(
                 f"train.loss: {loss} is a regression loss, the task is classification"
             )
-        if cfg.promote.metric in REGRESSION_METRICS:
+        if promote and cfg.promote.metric in REGRESSION_METRICS:
             raise ValueError(f"promote.metric: {cfg.promote.metric} is a regression metric")
     else:
-        if loss in CLASSIFICATION_LOSSES:
+        if train and loss in CLASSIFICATION_LOSSES:
             raise ValueError(
                 f"train.loss: {loss} is a classification loss, the task is regression"
             )
-        if cfg.promote.metric in CLASSIFICATION_METRICS:
+        if promote and cfg.promote.metric in CLASSIFICATION_METRICS:
             raise ValueError(f"promote.metric: {cfg.promote.metric} is a classification metric")
-        if t.label_smoothing:
+        if train and t.label_smoothing:
             raise ValueError("train.label_smoothing applies to classification only")
-        if t.class_weights != "none":
+        if train and t.class_weights != "none":
             raise ValueError("train.class_weights applies to classification only")
 
 
-def require_task(cfg: Config, task: str, where: str) -> None:
+def require_task(
+    cfg: Config, task: str, where: str, sections: tuple[str, ...] = ("train", "promote")
+) -> None:
     """`check_task` once the data has told the task; raises ConfigError naming the key."""
     try:
-        check_task(cfg, task)
+        check_task(cfg, task, sections)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import tracking
-from tasks.config import PARAMS_FILE, Config, load_config
+from tasks.config import PARAMS_FILE, Config
 from tasks.utils import atomic_dir, read_json, write_json
 
 MODEL_WEIGHTS = "model.pt"
@@ -263,13 +264,49 @@ def _log_inputs(cfg: Config, run_id: str) -> None:
         c.set_tag(run_id, "validation.success", str(bool(success)).lower())
 
 
+def close_killed_run(ckpt_dir: Path) -> str | None:
+    """faults: a training killed mid-way left its run RUNNING and its id in the checkpoints.
+
+    A training that starts afresh (the stage holds the workspace's DVC lock: `dvc repro`,
+    `dlops train`, the flow) marks that run FAILED with the reason before it drops the
+    checkpoints; a pipeline's rerun has usually closed it already. Returns the run id closed.
+    """
+    meta = ckpt_dir / FINGERPRINT
+    run_id = read_json(meta).get("run_id") if meta.is_file() else None
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    c = tracking.client()
+    try:
+        run = c.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None  # another store's run
+    if run.info.status != "RUNNING":
+        return None
+    c.set_tag(
+        run_id,
+        tracking.ORPHAN_TAG,
+        f"training ended without closing this run (killed); its checkpoints in {ckpt_dir} were "
+        "dropped by the next training, which started afresh",
+    )
+    c.set_terminated(run_id, status="FAILED")
+    return run_id
+
+
 def _open_run(cfg: Config, parent_run_id: str | None, resume_run: str | None) -> str:
     if resume_run:
+        from mlflow.exceptions import MlflowException
+
         try:
             tracking.client().update_run(resume_run, status="RUNNING")
             return resume_run
-        except Exception:  # the run is gone (another store): a new one
-            pass
+        except MlflowException as exc:  # faults: only a missing run means "a new one"
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # network, credentials, a locked database: not a reason to fork the run
+            log.warning("train: checkpoint run %s is not in this store: new run", resume_run)
     return tracking.start_run(
         cfg.register_.experiment, "train", parent_run_id, tags={"dlops.stage": "train"}
     )
@@ -282,6 +319,8 @@ def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list]:
 
     from models.datamodule import DataModule
     from models.metrics import VAL_LOSS
+    from models.progress import Progress
+    from tasks.testhook import pause_point
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, info, cfg.train.max_epochs)
@@ -292,6 +331,8 @@ def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list]:
         # every epoch: `save_last=True` writes only in epochs that improve val/loss (Lightning 2.6)
         ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False),
         EarlyStopping(monitor=VAL_LOSS, mode="min", patience=cfg.train.patience),
+        # faults: per-epoch progress on the logger "dlops"; the test hook (tasks/testhook.py)
+        Progress("train", after_first_epoch=functools.partial(pause_point, "train")),
     ]
     return module, dm, callbacks
 
@@ -313,6 +354,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
         return _worker(cfg, info, resume)
     last, resume_run = resumable(cfg, print) if resume else (None, None)
     if last is None:
+        close_killed_run(ckpt_dir)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     module, dm, callbacks = _fit_parts(cfg, info)
 
@@ -435,13 +477,18 @@ def main() -> None:
         "--resume", action="store_true", help="continue from the last checkpoint if it matches"
     )
     args = parser.parse_args()
-    r = run(load_config(), resume=args.resume)
-    if not r.run_id:  # a worker rank: rank zero reports
-        return
-    print(
-        f"train: best {r.metric_name} {r.best_val_metric:.4f} val/loss {r.best_val_loss:.4f} at "
-        f"epoch {r.best_epoch} of {r.epochs}; MLflow run {r.run_id}"
-    )
+    from tasks.entry import run_stage
+
+    def body(cfg: Config) -> str:
+        r = run(cfg, resume=args.resume)
+        if not r.run_id:  # a worker rank: rank zero reports
+            return ""
+        return (
+            f"train: best {r.metric_name} {r.best_val_metric:.4f} val/loss "
+            f"{r.best_val_loss:.4f} at epoch {r.best_epoch} of {r.epochs}; MLflow run {r.run_id}"
+        )
+
+    run_stage("train", body, check_upstream=launched_rank() in (None, 0))
 
 
 if __name__ == "__main__":

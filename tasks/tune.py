@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import optuna_storage, tracking
-from tasks.config import Choices, Config, FloatRange, IntRange, load_config
+from tasks.config import Choices, Config, FloatRange, IntRange
 from tasks.train import build_module, data_info, make_trainer
 from tasks.utils import write_json
 
@@ -72,12 +72,16 @@ def make_pruner(kind: str, max_epochs: int) -> Any:
 
 def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
     """Run the study, each trial a nested MLflow run; write the best parameters as JSON."""
+    from functools import partial
+
     import lightning as L
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
     from models.datamodule import DataModule
     from models.metrics import HEADLINE, VAL_LOSS
+    from models.progress import Progress
+    from tasks.testhook import pause_point
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -111,10 +115,12 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
         module = build_module(trial_cfg, info, t.max_epochs)
         pruning = PyTorchLightningPruningCallback(trial, monitor=VAL_LOSS)
         # trials run in this process (several processes would each start their own study)
+        # faults: per-epoch progress on the logger "dlops"; the test hook (tasks/testhook.py)
+        progress = Progress(f"tune trial {trial.number}", "tune", partial(pause_point, "tune"))
         trainer = make_trainer(
             trial_cfg,
             t.max_epochs,
-            [pruning],
+            [pruning, progress],
             enable_checkpointing=False,
             devices=1,
             strategy="auto",
@@ -191,20 +197,19 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
 
 def main() -> None:
     """Entry point for `python -m tasks.tune` (dvc.yaml)."""
-    import sys
-
-    from tasks.runtime import setup
+    from tasks.entry import run_stage
 
     argparse.ArgumentParser(description=__doc__).parse_args()
-    setup()  # .env (DLOPS_OPTUNA_STORAGE), and redaction of logs and tracebacks
-    try:
-        r = run(load_config())
-    except optuna_storage.StorageError as exc:
-        sys.exit(f"tune: {exc}")
-    print(
-        f"tune: best trial {r.best_trial} of {r.study_name} val/loss {r.best_value:.4f} "
-        f"{r.best_params} ({r.n_complete} complete, {r.n_pruned} pruned)"
-    )
+
+    def body(cfg: Config) -> str:
+        r = run(cfg)
+        return (
+            f"tune: best trial {r.best_trial} of {r.study_name} val/loss {r.best_value:.4f} "
+            f"{r.best_params} ({r.n_complete} complete, {r.n_pruned} pruned)"
+        )
+
+    # setup(): .env (DLOPS_OPTUNA_STORAGE), redaction; a StorageError is one line (ConfigError)
+    run_stage("tune", body)
 
 
 if __name__ == "__main__":
