@@ -39,6 +39,12 @@ def _summary(result: dict[str, Any]) -> str:
     lines.append(
         f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (runs, plots, registry)"
     )
+    prefect = result.get("prefect")
+    if prefect:
+        ui = redact(prefect["url"]).removesuffix("/api")
+        local = prefect["server"] != "configured"
+        note = "flow runs; dlops' local server: dlops server stop" if local else "flow runs"
+        lines.append(f"  {ui}   ({note})")
     if result.get("experiment"):
         name = result["experiment"]
         lines.append(f"  ran in its own workspace {result['workspace']} (params.yaml untouched)")
@@ -92,9 +98,14 @@ def _preflight(overrides: list[str]) -> Any:
     source = cfg.data.source
     local = source and ("://" not in source or source.startswith("file://"))
     if local and not source.startswith(ENV_PREFIX):
+        # the checks ingest's fetch makes first, with its messages
         path = Path(source.removeprefix("file://"))
         if not path.exists():
             raise DataError(f"{source}: file not found")
+        if cfg.modality == "images" and not path.is_dir():
+            raise DataError(f"{source}: images need a folder root/<class>/<image>, got a file")
+        if cfg.modality != "images" and path.is_dir():
+            raise DataError(f"{source}: expected a file for {cfg.modality}, got a folder")
     return cfg
 
 
@@ -129,15 +140,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(exc, 2)
     except DataError as exc:
         return _fail(exc, 1)
+    from flows import server
+    from tasks.runtime import home
+
+    try:  # before Prefect is imported: it reads PREFECT_API_URL once
+        conn = server.use(home())
+    except (OSError, server.ServerError) as exc:
+        return _fail(exc, 1)
     from flows.cli.console import quiet_console
 
     quiet_console(_expected_errors())
-    from flows.pipeline import pipeline
+    from flows.pipeline import pipeline  # imports Prefect while a started server boots
 
     try:
+        server.ready(conn, home())
         result = pipeline(overrides=overrides)
+    except server.ServerError as exc:
+        return _fail(exc, 1)
     except _expected_errors() as exc:
         return _fail(exc, 1)
+    result["prefect"] = {"url": conn.url, "server": conn.origin}
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
