@@ -71,7 +71,6 @@ def _env(project: Path) -> dict[str, str]:
     env.pop("DLOPS_HOME", None)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(project)  # the clone's code, as its own checkout would run it
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
