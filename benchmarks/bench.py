@@ -10,8 +10,9 @@ project as a user gets it) and measures, as subprocesses, the wall time of:
   the flow body over it is the orchestration overhead;
 - `dlops --help`; and training vs a hand-written loop (benchmarks/train_overhead.py).
 Medians over `--repeats` (3; `--quick`: 1, with a tiny tuning/training budget committed into
-the clone: its run rows are not comparable with the goals). The local Prefect server a clone's
-first run starts is stopped (`dlops server stop`) before the clone is deleted.
+the clone: its run rows are not comparable with the goals). Each repeat has a Prefect home of
+its own (`PREFECT_HOME`: a machine where Prefect never ran, so the first run starts dlops' local
+server on a new database); that server is stopped (`dlops server stop`) at the end.
 Prints the table and writes it as JSON (`--json`, default reports/bench.json); `--baseline
 OLD.json` adds the figures of an earlier bench as a column. Never asserted in tests.
 Usage: python benchmarks/bench.py [--quick] [--repeats 3] [--json PATH] [--baseline PATH]
@@ -189,7 +190,7 @@ def _direct_main() -> None:
 
 
 def stop_server(project: Path) -> None:
-    """Stop the local Prefect server the clone's runs started (and its children)."""
+    """Stop the local Prefect server this repeat's runs started (and its children)."""
     timed([str(BIN / "dlops"), "server", "stop"], project, check=False)
 
 
@@ -224,7 +225,6 @@ def one_repeat(root: Path, quick: bool, log: Any) -> dict[str, Any]:
         log(f"  dvc repro no-op: {fig['repro_noop']:.1f} s")
         # the same change in two copies of the same state: one by the flow, one by dvc repro
         shutil.copytree(a, b, symlinks=True)
-        shutil.rmtree(b / ".dlops" / "prefect", ignore_errors=True)  # a's server, not b's
         for project in (a, b):
             set_params(project, {CHANGE[0]: CHANGE[1]})
         fig["change_dlops"] = dlops_run(a)["wall"]
@@ -321,6 +321,9 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     for i in range(repeats):
         root = Path(tempfile.mkdtemp(prefix="dlops-bench-"))
+        # a Prefect home of its own: the local server dlops starts (and its database, migrated
+        # on its first start: a machine that never ran Prefect) is the bench's, never the user's
+        os.environ["PREFECT_HOME"] = str(root / "prefect-home")
         log(f"repeat {i + 1}/{repeats} in {root}")
         try:
             runs.append(one_repeat(root, args.quick, log))

@@ -3,10 +3,12 @@
 Without `PREFECT_API_URL` (the environment, the project's `.env` from `make up`, or a Prefect
 profile), Prefect starts a temporary server for every command and stops it at the end (about
 10 s here, most of a no-op run). Instead dlops starts one `prefect server start` on 127.0.0.1
-at a free port, detached, the first time a command needs it; its SQLite database, log and a
-state file (pid, port, URL) live in `<home>/.dlops/prefect/` (ignored by git), and later
-commands reuse it while it answers `/health`. `dlops server status` / `dlops server stop`
-show and stop it; a state file whose process is gone is removed.
+at a free port, detached, the first time a command needs it, and every later command (of any
+project of this user) reuses it while it answers `/health`. It keeps Prefect's own database
+(`$PREFECT_HOME/prefect.db`, the one the temporary server used: migrated once per machine, not
+per project, and the flow-run history stays); its state file (pid, port, URL) and log live in
+`$PREFECT_HOME/dlops/`. `dlops server status` / `dlops server stop` show and stop it; a state
+file whose process is gone is removed.
 Plain Python (no Prefect import): a command reads this before it imports Prefect, which must
 find `PREFECT_API_URL` in the environment when it loads its settings.
 """
@@ -17,7 +19,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,12 +26,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 API_URL_VAR = "PREFECT_API_URL"
-STATE_DIR = Path(".dlops") / "prefect"  # under the project checkout (DLOPS_HOME)
+STATE_SUBDIR = "dlops"  # under Prefect's home
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
 START_TIMEOUT_S = 120.0  # the first start migrates a fresh database
@@ -56,9 +57,14 @@ class ServerState:
         return self.url.removesuffix("/api")
 
 
-def state_dir(home: str | Path) -> Path:
-    """Where the local server's database, log and state file live."""
-    return Path(home) / STATE_DIR
+def prefect_home() -> Path:
+    """Prefect's home folder (`PREFECT_HOME`, default ~/.prefect): its database, profiles."""
+    return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+
+
+def state_dir() -> Path:
+    """Where the local server's state file, lock and log live."""
+    return prefect_home() / STATE_SUBDIR
 
 
 def configured_url() -> str | None:
@@ -79,8 +85,7 @@ def configured_url() -> str | None:
 
 def _profile_sets_url() -> bool:
     """True if Prefect's profiles file may set an API URL (then Prefect's settings decide)."""
-    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
-    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml"))
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or prefect_home() / "profiles.toml")
     try:
         return API_URL_VAR in profiles.expanduser().read_text()
     except OSError:
@@ -113,9 +118,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def read_state(home: str | Path) -> ServerState | None:
+def read_state() -> ServerState | None:
     """The recorded server, or None (no file, unreadable, or its process is gone: removed)."""
-    path = state_dir(home) / STATE_FILE
+    path = state_dir() / STATE_FILE
     try:
         state = ServerState(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
@@ -149,15 +154,20 @@ def _prefect_command() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "prefect"]
 
 
-def start(home: str | Path) -> ServerState:
-    """Start a detached local server (own session, own PREFECT_HOME); return at once."""
-    folder = state_dir(home)
+def start() -> ServerState:
+    """Start a detached local server (its own session); return at once."""
+    folder = state_dir()
     folder.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    # not this command's project settings (tracking URI, secrets from .env): the server is shared
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k != API_URL_VAR and not k.startswith(("DLOPS_", "MLFLOW_"))
+    }
     env.update(
         {
-            "PREFECT_HOME": str(folder.resolve()),  # its SQLite database: prefect.db here
+            "PREFECT_HOME": str(prefect_home()),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_API_HOST": HOST,
             "DO_NOT_TRACK": "true",
@@ -167,7 +177,7 @@ def start(home: str | Path) -> ServerState:
     with (folder / LOG_FILE).open("ab") as log:
         proc = subprocess.Popen(
             [*cmd, "--analytics-off"],
-            cwd=folder,
+            cwd=folder,  # not the project: the server outlives this command's checkout
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -181,13 +191,13 @@ def start(home: str | Path) -> ServerState:
     return state
 
 
-def wait_healthy(state: ServerState, home: str | Path, timeout: float = START_TIMEOUT_S) -> None:
+def wait_healthy(state: ServerState, timeout: float = START_TIMEOUT_S) -> None:
     """Block until the server answers; ServerError (server stopped) if it dies or times out."""
     deadline = time.monotonic() + timeout
     while not healthy(state.url, timeout=2.0):
         if not _alive(state.pid) or time.monotonic() > deadline:
-            stop(home)
-            log = state_dir(home) / LOG_FILE
+            stop()
+            log = state_dir() / LOG_FILE
             raise ServerError(
                 f"the local Prefect server did not start on {state.url} (see {log}); "
                 f"or set {API_URL_VAR} to a running server"
@@ -204,7 +214,7 @@ class Connection:
     state: ServerState | None = None  # the local server, when dlops manages it
 
 
-def ensure(home: str | Path, wait: bool = True) -> Connection:
+def ensure(wait: bool = True) -> Connection:
     """The configured API, else the local server: reused when it answers, else started.
 
     With `wait=False` a server just started may still be booting: call `ready` before the
@@ -213,40 +223,49 @@ def ensure(home: str | Path, wait: bool = True) -> Connection:
     url = configured_url()
     if url:
         return Connection(url, "configured")
-    with _locked(state_dir(home)):
-        state = read_state(home)
+    with _locked(state_dir()):
+        state = read_state()
         origin = "reused"
         if state is not None and not healthy(state.url):
             try:  # a server another command is starting, or a hung one
-                wait_healthy(state, home, timeout=30.0)
+                wait_healthy(state, timeout=30.0)
             except ServerError:
                 state = None
         if state is None:
-            state, origin = start(home), "started"
+            state, origin = start(), "started"
     conn = Connection(state.url, origin, state)
     if wait:
-        ready(conn, home)
+        ready(conn)
     return conn
 
 
-def ready(conn: Connection, home: str | Path) -> None:
-    """Wait for a server dlops started (nothing to do for a configured or reused one)."""
-    if conn.origin == "started" and conn.state is not None:
-        wait_healthy(conn.state, home)
+def ready(conn: Connection, meanwhile: Iterable[Callable[[], object]] = ()) -> None:
+    """Wait for a server dlops started (nothing to do for a configured or reused one).
+
+    `meanwhile`: work the command needs anyway, done one step at a time while the server is
+    still booting (it is another process: on two cores both progress).
+    """
+    if conn.origin != "started" or conn.state is None:
+        return
+    for step in meanwhile:
+        if healthy(conn.state.url, timeout=0.5):
+            break
+        step()
+    wait_healthy(conn.state)
 
 
-def use(home: str | Path) -> Connection:
+def use() -> Connection:
     """`ensure` without waiting, and `PREFECT_API_URL` set for this process (before Prefect)."""
-    conn = ensure(home, wait=False)
+    conn = ensure(wait=False)
     if conn.origin != "configured":  # a configured URL is where Prefect will find it already
         os.environ[API_URL_VAR] = conn.url
     return conn
 
 
-def stop(home: str | Path, timeout: float = 15.0) -> ServerState | None:
+def stop(timeout: float = 15.0) -> ServerState | None:
     """Stop the recorded server and its children (SIGTERM, then SIGKILL); None if none ran."""
-    path = state_dir(home) / STATE_FILE
-    state = read_state(home)
+    path = state_dir() / STATE_FILE
+    state = read_state()
     if state is None:
         path.unlink(missing_ok=True)
         return None
@@ -274,10 +293,3 @@ def _group_alive(pgid: int) -> bool:
         if pid == pgid:
             return False
     return True
-
-
-def purge(home: str | Path) -> ServerState | None:
-    """Stop the server and delete its database and log (`dlops server stop --purge`)."""
-    state = stop(home)
-    shutil.rmtree(state_dir(home), ignore_errors=True)
-    return state

@@ -128,6 +128,23 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _warm_ups() -> list[Any]:
+    """What a first run needs anyway, done while the Prefect server it started boots."""
+
+    def mlflow_store() -> None:  # import MLflow and open (a new one: migrate) its store
+        from tasks import tracking
+
+        tracking.client().search_experiments(max_results=1)
+
+    def lightning() -> None:
+        import lightning  # noqa: F401
+
+    def great_expectations() -> None:
+        import great_expectations  # noqa: F401
+
+    return [mlflow_store, lightning, great_expectations]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the whole pipeline as a Prefect flow (hermetic: params.yaml is never written)."""
     from tasks.config import ConfigError
@@ -141,10 +158,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except DataError as exc:
         return _fail(exc, 1)
     from flows import server
-    from tasks.runtime import home
 
     try:  # before Prefect is imported: it reads PREFECT_API_URL once
-        conn = server.use(home())
+        conn = server.use()
     except (OSError, server.ServerError) as exc:
         return _fail(exc, 1)
     from flows.cli.console import quiet_console
@@ -153,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline  # imports Prefect while a started server boots
 
     try:
-        server.ready(conn, home())
+        server.ready(conn, meanwhile=_warm_ups())
         result = pipeline(overrides=overrides)
     except server.ServerError as exc:
         return _fail(exc, 1)

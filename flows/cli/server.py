@@ -1,4 +1,8 @@
-"""`dlops server start|status|stop`: the local Prefect server dlops starts once and reuses."""
+"""`dlops server start|status|stop`: the local Prefect server dlops starts once and reuses.
+
+One per user (Prefect's home and database), shared by every project; a configured
+PREFECT_API_URL (environment, `.env`, profile) is used instead and never started or stopped.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     """Start, show or stop the local Prefect server (a configured PREFECT_API_URL wins)."""
     from flows import server
     from tasks.redact import redact
-    from tasks.runtime import home
 
-    root = home()
     configured = server.configured_url()
     if args.action == "start":
         try:
-            conn = server.ensure(root)
+            conn = server.ensure()
         except server.ServerError as exc:
             print(f"dlops: {exc}", file=sys.stderr)
             return 1
@@ -24,25 +26,24 @@ def cmd_server(args: argparse.Namespace) -> int:
         print(f"prefect server {what.get(conn.origin, 'started')}: {redact(conn.url)}")
         return 0
     if args.action == "status":
-        state = server.read_state(root)
+        state = server.read_state()
         if configured:
             up = "up" if server.healthy(configured) else "not answering"
             print(f"PREFECT_API_URL is set: commands use {redact(configured)} ({up})")
         if state is None:
-            print(f"no local Prefect server running for {root}")
+            print("no local Prefect server running (dlops starts one on the next run)")
             return 0 if configured else 3
         up = "healthy" if server.healthy(state.url) else "not answering"
         print(
             f"local Prefect server {up}: {state.url} (UI {state.ui}), pid {state.pid}, "
-            f"data in {server.state_dir(root)}"
+            f"state and log in {server.state_dir()}"
         )
         return 0
-    state = server.purge(root) if args.purge else server.stop(root)
+    state = server.stop()
     if state is None:
-        print(f"no local Prefect server running for {root}")
+        print("no local Prefect server running")
     else:
-        gone = "; its database removed" if args.purge else ""
-        print(f"stopped the local Prefect server {state.url} (pid {state.pid}){gone}")
+        print(f"stopped the local Prefect server {state.url} (pid {state.pid})")
     return 0
 
 
@@ -53,7 +54,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the local Prefect server dlops starts once and reuses (unless PREFECT_API_URL)",
     )
     srv.add_argument("action", choices=("start", "status", "stop"))
-    srv.add_argument(
-        "--purge", action="store_true", help="stop: also delete its database (flow-run history)"
-    )
     srv.set_defaults(func=cmd_server)

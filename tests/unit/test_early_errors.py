@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from flows.server import STATE_DIR
+from flows.server import STATE_SUBDIR
 
 
 def _run_cli(project, *args: str) -> tuple[int, str, list[str]]:
@@ -74,7 +74,7 @@ def test_bad_run_fails_in_one_line_before_any_server(workspace, case):
     assert rc == code
     assert err.splitlines() == [f"dlops: {message.format(root=root)}"]
     assert children == []  # no server, no worker: nothing was started
-    assert not (root / STATE_DIR).exists()
+    assert not (root / ".prefect-home" / STATE_SUBDIR).exists()
     assert not (root / "data").exists() and not (root / "mlflow.db").exists()
 
 
