@@ -78,12 +78,22 @@ class Recorder:
             return stage
         return self._stages[name]
 
-    def reproduce(self, name: str, fn: Callable[[], T]) -> tuple[Outcome, T | None]:
-        """Run `fn` as the body of stage `name` unless DVC says the stage is up to date."""
+    def reproduce(
+        self, name: str, fn: Callable[[], T], deterministic: bool = False
+    ) -> tuple[Outcome, T | None]:
+        """Run `fn` as the body of stage `name` unless DVC says the stage is up to date.
+
+        `deterministic`: this time the outputs follow from the stage's code and params alone
+        (ingest of a built-in set), so `always_changed` does not force a run.
+        """
         from dvc.stage.cache import RunCacheNotFoundError
 
         stage = self.stage(name)
-        if not stage.changed():
+        if deterministic and stage.always_changed:
+            changed = stage.changed_stage() or stage._changed_deps() or stage.changed_outs()
+        else:
+            changed = stage.changed()
+        if not changed:
             return Outcome.SKIPPED, None
         value: T | None = None
         try:

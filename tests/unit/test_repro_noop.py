@@ -43,3 +43,22 @@ def test_unchanged_source_is_not_rewritten_and_a_changed_one_is(dvc_project):
     _repro_ingest(root)
     assert _raw_md5(root) != first_md5
     assert data.read_text().endswith("99,1,1\n")
+
+
+def test_flow_skips_a_builtin_ingest_whose_code_params_and_outputs_are_unchanged(dvc_project):
+    from flows.dvc_record import Outcome, Recorder
+    from tasks import ingest
+    from tasks.config import load_config
+
+    cfg = load_config("params.yaml")  # digits: a built-in, no source outside the repository
+    calls: list[int] = []
+    with Recorder(dvc_project) as r:
+        assert r.reproduce("ingest", lambda: ingest.run(cfg), deterministic=True)[0] is Outcome.RAN
+        outcome, _ = r.reproduce("ingest", lambda: calls.append(1), deterministic=True)
+        assert outcome is Outcome.SKIPPED and calls == []
+        # without the flag (a user's source) ingest looks every time: always_changed
+        assert r.reproduce("ingest", lambda: calls.append(1))[0] is Outcome.RAN and calls == [1]
+    write_overrides("params.yaml", ["data.max_files=100000"])  # the data section changed
+    with Recorder(dvc_project) as r:
+        cfg = load_config("params.yaml")
+        assert r.reproduce("ingest", lambda: ingest.run(cfg), deterministic=True)[0] is Outcome.RAN
