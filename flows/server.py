@@ -250,7 +250,8 @@ def ready(conn: Connection, meanwhile: Iterable[Callable[[], object]] = ()) -> N
     for step in meanwhile:
         if healthy(conn.state.url, timeout=0.5):
             break
-        step()
+        with contextlib.suppress(Exception):  # the run itself meets (and reports) any failure
+            step()
     wait_healthy(conn.state)
 
 
