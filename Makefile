@@ -54,8 +54,9 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
+# every speed figure side by side (fresh clones of HEAD; ARGS=--quick for < 3 min); JSON in reports/
 bench: install
-	$(BIN)/python benchmarks/pipeline_time.py $(ARGS)
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 repro: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro

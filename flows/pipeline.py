@@ -56,9 +56,9 @@ def _markdown(key: str, title: str, rows: dict[str, Any]) -> None:
     create_markdown_artifact(markdown="\n".join(lines), key=key, description=title)
 
 
-def _dvc_stage(name: str, fn: Any) -> tuple[StageReport, Any]:
+def _dvc_stage(name: str, fn: Any, deterministic: bool = False) -> tuple[StageReport, Any]:
     start = time.perf_counter()
-    outcome, value = _recorder.get().reproduce(name, fn)
+    outcome, value = _recorder.get().reproduce(name, fn, deterministic)
     report = StageReport(name, outcome.value, round(time.perf_counter() - start, 2))
     get_run_logger().info("stage %s: %s in %.1f s", name, outcome.value, report.seconds)
     return report, value
@@ -71,7 +71,8 @@ def ingest(cfg: Config) -> StageReport:
     from tasks.sources import Manifest
 
     pause_point("ingest")
-    report, _ = _dvc_stage("ingest", lambda: stage.run(cfg))
+    # a built-in set is a function of the code and params: no source to look at
+    report, _ = _dvc_stage("ingest", lambda: stage.run(cfg), cfg.data.source is None)
     m = Manifest.load(cfg.paths.raw_dir)
     # the data told the task: train.* and promote.* must fit it, before anything is trained
     require_task(cfg, m.task, cfg.data.shown_source or cfg.data.dataset)
