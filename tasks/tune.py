@@ -174,6 +174,7 @@ class WorkerSpec:
     parent_run_id: str
     deadline: float | None = None  # unix time after which no new trial starts
     workdir: str = field(default_factory=lambda: str(Path.cwd()))
+    home: str = field(default_factory=lambda: str(_home()))  # DLOPS_HOME: stores, journal
 
     def cfg(self) -> Config:
         """The validated config."""
@@ -259,7 +260,7 @@ def launch_local(spec: WorkerSpec, indexes: Sequence[int]) -> list[subprocess.Po
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
-        "DLOPS_HOME": str(_home()),
+        "DLOPS_HOME": spec.home,
         "PYTHONPATH": os.pathsep.join(
             p
             for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH"))

@@ -299,3 +299,22 @@ def test_workers_need_a_shared_storage_and_above_the_cores_warn(workspace, caplo
         f"tune.workers {many} is above the {os.cpu_count()} cores of this host: "
         "trials will share cores"
     )
+
+
+def test_a_prefect_flow_run_is_a_worker_of_the_stage_study(processed, monkeypatch):
+    from dataclasses import asdict
+
+    from flows.tune_worker import pool_launcher, tune_worker
+
+    first = tune.run(processed)
+    more = processed.with_values({"tune.n_trials": 2})
+    spec = tune.WorkerSpec(
+        first.study_name, more.model_dump(by_alias=True, mode="json"), first.run_id
+    )
+    assert tune_worker.fn(asdict(spec), 1) == 1  # the flow's body, as a pool's worker runs it
+    trials = _study(more).trials
+    assert [t.number for t in trials] == [0, 1] and trials[1].state.is_finished()
+    assert tune_worker.fn(asdict(spec), 2) == 0  # the budget is used
+    # without a Prefect API (or with one worker) the stage launches local processes
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert pool_launcher(2) is None and pool_launcher(1) is None
