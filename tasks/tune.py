@@ -242,14 +242,23 @@ def _tell(study: Any, trial: Any, value: float | None, state: Any) -> None:
 Launcher = Callable[[WorkerSpec, Sequence[int]], list[Any]]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+PARENT_ENV = "DLOPS_TUNE_PARENT"  # pid of the stage that started a local worker
+
+
+def _die_with_parent() -> None:
+    """A local worker ends when its stage does (Linux: PR_SET_PDEATHSIG), as a killed stage's."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or sys.platform != "linux":
+        return
     try:
         import ctypes
         import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     except OSError:
-        pass
+        return
+    if os.getppid() != int(parent):  # the stage died before the line above
+        os._exit(1)
 
 
 def launch_local(spec: WorkerSpec, indexes: Sequence[int]) -> list[subprocess.Popen]:
@@ -261,6 +270,7 @@ def launch_local(spec: WorkerSpec, indexes: Sequence[int]) -> list[subprocess.Po
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
         "DLOPS_HOME": spec.home,
+        PARENT_ENV: str(os.getpid()),
         "PYTHONPATH": os.pathsep.join(
             p
             for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH"))
@@ -272,7 +282,6 @@ def launch_local(spec: WorkerSpec, indexes: Sequence[int]) -> list[subprocess.Po
             [sys.executable, "-m", "tasks.tune", "--worker", str(spec_file), "--index", str(i)],
             cwd=spec.workdir,
             env=env,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         for i in indexes
     ]
@@ -477,6 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     setup()  # .env (DLOPS_OPTUNA_STORAGE), and redaction of logs and tracebacks
     try:
         if args.worker:
+            _die_with_parent()
             spec = WorkerSpec(**json.loads(Path(args.worker).read_text()))
             n = work(spec, args.index)
             print(f"tune worker {args.index}: {n} trials of {spec.study}")
