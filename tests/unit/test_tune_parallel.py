@@ -73,6 +73,7 @@ def _kv(text: str) -> dict:
     return {key: yaml.safe_load(value)}
 
 
+@pytest.mark.slow
 def test_a_rerun_continues_the_study_up_to_n_trials(processed):
     first = tune.run(processed)
     assert first.n_complete + first.n_pruned == 1
@@ -135,6 +136,52 @@ def _race(storage: optuna_storage.StudyStorage, n_trials: int) -> tuple[list, li
     return optuna.load_study(study_name=name, storage=storage.open()).trials, mine
 
 
+# Read-modify-write of a counter file under the storage's lock, with a pause inside: without
+# mutual exclusion the two processes would lose updates.
+LOCKER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from tasks.optuna_storage import StudyStorage
+    kind, where, counter, start = sys.argv[1:5]
+    s = StudyStorage(kind, url=where) if kind == "rdb" else StudyStorage(kind, path=Path(where))
+    while time.time() < float(start):
+        time.sleep(0.01)
+    for _ in range(15):
+        with s.lock("study"):
+            n = int(Path(counter).read_text())
+            time.sleep(0.02)
+            Path(counter).write_text(str(n + 1))
+    """
+)
+
+
+def _locked_counter(storage: optuna_storage.StudyStorage, tmp_path: Path) -> int:
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    where = str(storage.url if storage.kind == "rdb" else storage.path)
+    start = str(time.time() + 3)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOCKER, storage.kind, where, str(counter), start], env=env
+        )
+        for _ in range(2)
+    ]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    return int(counter.read_text())
+
+
+def test_the_journal_lock_excludes_other_processes(tmp_path):
+    s = optuna_storage.StudyStorage("journal", path=tmp_path / "journal.log")
+    assert _locked_counter(s, tmp_path) == 30
+
+
+def test_the_postgresql_advisory_lock_excludes_other_processes(tmp_path, postgres_db):
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{postgres_db}"
+    assert _locked_counter(optuna_storage.StudyStorage("rdb", url=url), tmp_path) == 30
+
+
 def test_two_workers_on_the_journal_file_take_exactly_n_trials(tmp_path):
     s = optuna_storage.StudyStorage("journal", path=tmp_path / "journal.log")
     trials, mine = _race(s, 40)
@@ -168,10 +215,12 @@ def _check_two_worker_stage(cfg, n: int) -> None:
     assert best["n_trials"] == n and best["study"] == r.study_name
 
 
+@pytest.mark.slow
 def test_the_stage_with_two_workers_on_the_journal(workspace):
     _check_two_worker_stage(prepare(workspace, "tune.workers=2", "tune.n_trials=4"), 4)
 
 
+@pytest.mark.slow
 def test_the_stage_with_two_workers_on_postgresql(workspace, monkeypatch, postgres_db):
     monkeypatch.setenv(
         "DLOPS_OPTUNA_STORAGE", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{postgres_db}"
@@ -181,6 +230,7 @@ def test_the_stage_with_two_workers_on_postgresql(workspace, monkeypatch, postgr
     _check_two_worker_stage(cfg, 3)
 
 
+@pytest.mark.slow
 def test_a_killed_stage_resumes_marks_its_orphan_failed_and_ends_at_n_trials(workspace):
     from optuna.trial import TrialState
 
@@ -234,6 +284,7 @@ def test_a_killed_stage_resumes_marks_its_orphan_failed_and_ends_at_n_trials(wor
     assert runs[f"trial-{orphan.number}"].info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_a_new_study_starts_from_the_last_best_of_the_same_model(processed):
     first = tune.run(processed.with_values({"tune.n_trials": 2}))
     wider = dict(processed.tune.model_dump(mode="json")["space"])
@@ -301,6 +352,7 @@ def test_workers_need_a_shared_storage_and_above_the_cores_warn(workspace, caplo
     )
 
 
+@pytest.mark.slow
 def test_a_prefect_flow_run_is_a_worker_of_the_stage_study(processed, monkeypatch):
     from dataclasses import asdict
 
