@@ -99,6 +99,9 @@ class TrialData:
     @classmethod
     def load(cls, cfg: Config) -> TrialData:
         """The processed data, preprocessed once per worker."""
+        import lightning  # noqa: F401  (imported here, before the worker holds a trial)
+        import optuna_integration  # noqa: F401
+
         from models.datamodule import DataModule
         from models.metrics import HEADLINE
 
@@ -209,13 +212,16 @@ def _trials(study: Any, cfg: Config, spec: WorkerSpec, storage: Any) -> int:
     import optuna
     from optuna.trial import TrialState
 
-    data: TrialData | None = None
+    if tune_study.used(study) >= cfg.tune.n_trials:
+        return 0  # nothing left: no need to load torch and the data
+    # Load before the first ask: a trial is counted from its ask, so a worker still importing
+    # torch must not hold a place of the budget that running workers could use.
+    data = TrialData.load(cfg)
     done = 0
     while spec.deadline is None or time.time() < spec.deadline:
         trial = tune_study.ask_within_budget(study, cfg.tune.n_trials, storage.lock(spec.study))
         if trial is None:
             break
-        data = data or TrialData.load(cfg)
         try:
             value = objective(trial, cfg, data, spec.parent_run_id, spec.study)
         except optuna.TrialPruned:
