@@ -268,10 +268,10 @@ def _die_with_parent() -> None:
 
 
 def launch_local(spec: WorkerSpec, indexes: Sequence[int]) -> list[subprocess.Popen]:
-    """Worker processes on this host (`python -m tasks.tune --worker`), killed with this one."""
-    folder = Path(tempfile.mkdtemp(prefix="dlops-tune-"))
-    spec_file = folder / "worker.json"
-    spec_file.write_text(json.dumps(asdict(spec)))
+    """Worker processes on this host (`python -m tasks.tune --worker -`), killed with this one.
+
+    The spec goes through each worker's stdin: no file to clean up.
+    """
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
@@ -283,14 +283,20 @@ def launch_local(spec: WorkerSpec, indexes: Sequence[int]) -> list[subprocess.Po
             if p
         ),
     }
-    return [
-        subprocess.Popen(
-            [sys.executable, "-m", "tasks.tune", "--worker", str(spec_file), "--index", str(i)],
+    procs = []
+    for i in indexes:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tasks.tune", "--worker", "-", "--index", str(i)],
             cwd=spec.workdir,
             env=env,
+            stdin=subprocess.PIPE,
+            text=True,
         )
-        for i in indexes
-    ]
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(asdict(spec)))
+        proc.stdin.close()
+        procs.append(proc)
+    return procs
 
 
 def _home() -> Path:
@@ -486,14 +492,17 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.runtime import setup
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", metavar="SPEC.json", help="run trials of a started study")
+    parser.add_argument(
+        "--worker", metavar="SPEC.json", help="run trials of a started study (-: spec on stdin)"
+    )
     parser.add_argument("--index", type=int, default=1, help="the worker's index (its seed)")
     args = parser.parse_args(argv)
     setup()  # .env (DLOPS_OPTUNA_STORAGE), and redaction of logs and tracebacks
     try:
         if args.worker:
             _die_with_parent()
-            spec = WorkerSpec(**json.loads(Path(args.worker).read_text()))
+            text = sys.stdin.read() if args.worker == "-" else Path(args.worker).read_text()
+            spec = WorkerSpec(**json.loads(text))
             n = work(spec, args.index)
             print(f"tune worker {args.index}: {n} trials of {spec.study}")
             return
