@@ -370,3 +370,58 @@ def test_a_prefect_flow_run_is_a_worker_of_the_stage_study(processed, monkeypatc
     # without a Prefect API (or with one worker) the stage launches local processes
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     assert pool_launcher(2) is None and pool_launcher(1) is None
+
+
+# A worker that takes a trial and is SIGKILLed holding it.
+DIES = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import optuna
+    from tasks import optuna_storage, tune_study
+    from tasks.tune import WorkerSpec
+    spec = WorkerSpec(**json.loads(sys.stdin.read()))
+    storage = optuna_storage.resolve(spec.cfg())
+    study = optuna.load_study(study_name=spec.study, storage=storage.open())
+    trial = tune_study.ask_within_budget(study, spec.cfg().tune.n_trials, storage.lock(spec.study))
+    print(trial.number, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_is_failed_and_its_place_filled(workspace):
+    from dataclasses import asdict
+
+    from optuna.trial import TrialState
+
+    cfg = prepare(workspace, "tune.workers=2", "tune.n_trials=3")
+    died: list[int] = []
+
+    class Ended:  # the handle of a worker that is already dead
+        def wait(self) -> int:
+            return -signal.SIGKILL
+
+        def kill(self) -> None:
+            pass
+
+    def launcher(spec, indexes):
+        proc = subprocess.run(
+            [sys.executable, "-c", DIES],
+            input=json.dumps(asdict(spec)),
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == -signal.SIGKILL
+        died.append(int(proc.stdout))
+        return [Ended()]
+
+    r = tune.run(cfg, launcher=launcher)
+    trials = _study(cfg).trials
+    (orphan,) = [t for t in trials if t.user_attrs.get(tune_study.ORPHANED_ATTR)]
+    assert orphan.number == died[0] == 0 and orphan.state == TrialState.FAIL
+    assert [t.number for t in trials if tune_study.counted(t)] == [1, 2, 3]
+    assert all(t.state.is_finished() for t in trials)
+    assert r.n_orphaned == 1 and r.n_complete + r.n_pruned + r.n_failed == 3
