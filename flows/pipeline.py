@@ -156,9 +156,13 @@ def preprocess(cfg: Config, parent_run_id: str) -> StageReport:
 @task(name="tune", cache_policy=NO_CACHE)
 def tune(cfg: Config, parent_run_id: str) -> StageReport:
     """Optuna study; trials are nested MLflow runs."""
+    from flows.tune_worker import pool_launcher
     from tasks import tune as stage
 
-    report, _ = _dvc_stage("tune", lambda: stage.run(cfg, parent_run_id=parent_run_id))
+    launcher = pool_launcher(cfg.tune.workers)  # None: worker processes on this host
+    report, _ = _dvc_stage(
+        "tune", lambda: stage.run(cfg, parent_run_id=parent_run_id, launcher=launcher)
+    )
     best = read_json(cfg.paths.best_params)
     report.detail = {k: best[k] for k in ("study", "best_trial", "params", "n_pruned")}
     _markdown(

@@ -541,6 +541,8 @@ class TuneConfig(_Frozen):
     # auto: $DLOPS_OPTUNA_STORAGE when set, else the journal file; journal; memory (in-process).
     # Never a URL: it would reach dvc.lock and MLflow (see tasks.optuna_storage).
     storage: Literal["auto", "journal", "memory"] = "auto"
+    # Worker processes sharing the study (the journal file on one host, or PostgreSQL).
+    workers: int = Field(1, ge=1)
     space: dict[str, Dimension] = Field(default_factory=dict)
 
     @field_validator("storage", mode="before")

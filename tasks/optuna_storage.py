@@ -5,13 +5,20 @@
   (several processes on one host);
 - `journal`: the journal file, whatever the environment says;
 - `memory`: an in-process study, gone when the process ends.
+Several worker processes share the journal file (one host) or PostgreSQL (any number of hosts),
+never SQLite ("database is locked", optuna#820). `lock()` is the storage's own mutual exclusion
+(an `flock` beside the journal file, a PostgreSQL advisory lock) that keeps a study's trial count
+exact across workers (tasks.tune_study).
 A URL never sits in params.yaml (it would reach dvc.lock and MLflow, password included): it comes
 from the environment, and only its redacted form (`label`) is recorded or printed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,7 @@ STORAGE_ENV = "DLOPS_OPTUNA_STORAGE"
 JOURNAL = Path(".dlops") / "optuna" / "journal.log"
 # SQLAlchemy dialects Optuna's RDBStorage supports (a `+driver` suffix is allowed).
 RDB_SCHEMES = ("postgresql", "mysql", "sqlite")
+CONNECT_TIMEOUT_S = 10  # an unreachable database host fails the stage in seconds, not minutes
 
 
 class StorageError(ConfigError):
@@ -47,6 +55,77 @@ class StudyStorage:
             return f"journal:{self.path}"
         return "memory"
 
+    @property
+    def dialect(self) -> str:
+        """The database of an rdb storage (postgresql, mysql, sqlite); else the kind."""
+        if self.kind != "rdb":
+            return self.kind
+        return str(self.url).split("://", 1)[0].split("+", 1)[0].lower()
+
+    @property
+    def shared(self) -> bool:
+        """Whether several processes may use it at once (not memory, not SQLite: optuna#820)."""
+        return self.kind == "journal" or self.dialect == "postgresql"
+
+    @property
+    def host(self) -> str:
+        """Where it lives, for messages: the database host:port, or this machine."""
+        if self.kind == "rdb":
+            from urllib.parse import urlsplit
+
+            netloc = urlsplit(str(self.url)).netloc.rpartition("@")[2]
+            return netloc or "localhost"
+        return "localhost"
+
+    @contextlib.contextmanager
+    def lock(self, study_name: str) -> Iterator[None]:
+        """Mutual exclusion among every process of one study on this storage.
+
+        Journal: an `flock` on a file beside the journal (one host; the kernel releases it when
+        a holder dies). PostgreSQL: a session advisory lock (released when a holder's
+        connection drops). Memory and SQLite: one process only, nothing to exclude.
+        """
+        key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+        if self.kind == "journal":
+            import fcntl
+
+            assert self.path is not None
+            lock_file = self.path.with_name(f"{self.path.name}.{key & 0xFFFFFFFF:08x}.lock")
+            with open(lock_file, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+        elif self.dialect == "postgresql":
+            with self._pg_connection() as conn:
+                from sqlalchemy import text
+
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        else:
+            yield
+
+    @contextlib.contextmanager
+    def _pg_connection(self) -> Iterator[Any]:
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        engine = self.__dict__.get("_engine")
+        if engine is None:
+            engine = sqlalchemy.create_engine(
+                str(self.url), poolclass=NullPool, connect_args=self._connect_args()
+            )
+            object.__setattr__(self, "_engine", engine)  # one engine per storage object
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
+
+    def _connect_args(self) -> dict[str, Any]:
+        return {"connect_timeout": CONNECT_TIMEOUT_S} if self.dialect == "postgresql" else {}
+
     def open(self) -> Any:
         """The Optuna storage object (None: in memory); a failure is one redacted line."""
         if self.kind == "memory":
@@ -60,11 +139,14 @@ class StudyStorage:
                 assert self.path is not None
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 return optuna.storages.JournalStorage(JournalFileBackend(str(self.path)))
-            return optuna.storages.RDBStorage(str(self.url))
+            return optuna.storages.RDBStorage(
+                str(self.url), engine_kwargs={"connect_args": self._connect_args()}
+            )
         except Exception as exc:  # SQLAlchemy/driver errors; their text may carry the URL
             detail = redact(one_line(exc, 200))
             raise StorageError(
-                f"tune.storage {self.kind}: cannot open {self.label} ({detail})"
+                f"tune.storage {self.kind}: cannot open {self.label} on host {self.host} "
+                f"({detail})"
             ) from exc
 
 

@@ -1,19 +1,33 @@
-"""Tune: an Optuna study (TPE + pruning in Lightning's validation loop), trials as nested runs."""
+"""Tune: an Optuna study (TPE + pruning in Lightning's validation loop), trials as nested runs.
+
+`tune.workers` processes share the study: this one (worker 0) and `workers - 1` more, started
+by tasks.tune_workers as `python -m tasks.tune --worker - --index i` on this host (or, on the
+team stack, as Prefect flow runs by a launcher that flows/ passes in: tasks/ imports no
+Prefect). Each worker asks for trials under the storage's lock until the study holds
+`tune.n_trials` (tasks.tune_study), so the total is exact; the study's name comes from its
+definition, so a rerun continues it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tasks import optuna_storage, tracking
+from tasks import optuna_storage, tracking, tune_study
 from tasks.config import Choices, Config, FloatRange, IntRange
 from tasks.train import build_module, data_info, make_trainer
+from tasks.tune_workers import Launcher, WorkerSpec, check_workers, die_with_parent, launch_local
 from tasks.utils import write_json
+
+log = logging.getLogger("dlops")
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,10 @@ class TuneResult:
     n_pruned: int
     path: Path
     run_id: str
+    n_failed: int = 0
+    n_orphaned: int = 0  # trials of killed workers, marked FAIL and not counted
+    warm_start_from: str | None = None
+    workers: int = 1
 
 
 def _draw(trial: Any, name: str, dim: FloatRange | IntRange | Choices) -> Any:
@@ -70,145 +88,346 @@ def make_pruner(kind: str, max_epochs: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
-    """Run the study, each trial a nested MLflow run; write the best parameters as JSON."""
-    from functools import partial
+@dataclass
+class TrialData:
+    """What every trial of a worker shares: the data module, the data's facts, the headline."""
 
+    dm: Any
+    info: dict[str, Any]
+    headline: str
+
+    @classmethod
+    def load(cls, cfg: Config) -> TrialData:
+        """The processed data, preprocessed once per worker."""
+        import lightning  # noqa: F401  (imported here, before the worker holds a trial)
+        import optuna_integration  # noqa: F401
+
+        from models.datamodule import DataModule
+        from models.metrics import HEADLINE
+
+        dm = DataModule(cfg.paths.processed_dir, seed=cfg.seed)
+        dm.setup()
+        info = data_info(cfg.paths.processed_dir)
+        return cls(dm, info, HEADLINE[info["task"]]["val"])
+
+
+def objective(
+    trial: Any, cfg: Config, data: TrialData, parent_run_id: str, study_name: str
+) -> float:
+    """Train one trial's configuration, pruned by the study; its nested MLflow run; val/loss."""
     import lightning as L
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from models.datamodule import DataModule
-    from models.metrics import HEADLINE, VAL_LOSS
+    from models.metrics import VAL_LOSS
     from models.progress import Progress
     from tasks.testhook import pause_point
+
+    t = cfg.tune
+    values = suggest(trial, cfg)
+    trial_cfg = cfg.with_values(values)
+    trial_run = tracking.start_run(
+        cfg.register_.experiment,
+        f"trial-{trial.number}",
+        parent_run_id,
+        tags={"dlops.stage": "tune", "optuna.study": study_name},
+    )
+    trial.set_user_attr(tune_study.RUN_ATTR, trial_run)  # an orphan's run is ended FAILED
+    c = tracking.client()
+    tracking.log_params(trial_run, {**values, "arch": trial_cfg.arch})
+    L.seed_everything(cfg.seed + trial.number, workers=True, verbose=False)
+    data.dm.batch_size = trial_cfg.train.batch_size
+    module = build_module(trial_cfg, data.info, t.max_epochs)
+    pruning = PyTorchLightningPruningCallback(trial, monitor=VAL_LOSS)
+    # one process per trial: parallelism is across trials (workers), not inside one
+    # per-epoch progress on the logger "dlops"; the test hook pauses after the first epoch
+    progress = Progress(f"tune trial {trial.number}", "tune", partial(pause_point, "tune"))
+    trainer = make_trainer(
+        trial_cfg,
+        t.max_epochs,
+        [pruning, progress],
+        enable_checkpointing=False,
+        devices=1,
+        strategy="auto",
+    )
+    state = "COMPLETE"
+    try:
+        trainer.fit(module, datamodule=data.dm)
+        pruning.check_pruned()
+    except optuna.TrialPruned:
+        state = "PRUNED"
+        raise
+    except BaseException:
+        state = "FAILED"
+        raise
+    finally:
+        m = trainer.callback_metrics
+        for key in (VAL_LOSS, data.headline):
+            if key in m:
+                c.log_metric(trial_run, key, float(m[key]), step=trainer.current_epoch)
+        # epochs spent, pruned or not (benchmarks/tuning.py sums them)
+        trial.set_user_attr("epochs", int(trainer.current_epoch))
+        c.set_tag(trial_run, "optuna.trial", str(trial.number))
+        c.set_tag(trial_run, "optuna.state", state)
+        tracking.end_run(trial_run, failed=state == "FAILED")
+    return float(trainer.callback_metrics[VAL_LOSS])
+
+
+def sampler(cfg: Config, index: int) -> Any:
+    """TPE seeded per worker (the same seed would draw the same points in every worker)."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=cfg.seed + index, constant_liar=True)
+
+
+def work(spec: WorkerSpec, index: int, storage: optuna_storage.StudyStorage | None = None) -> int:
+    """Run trials of the study until its budget is used (or the deadline); the number run."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    cfg = spec.cfg()
+    storage = storage or optuna_storage.resolve(cfg)
+    study = optuna.load_study(
+        study_name=spec.study,
+        storage=storage.open(),
+        sampler=sampler(cfg, index),
+        pruner=make_pruner(cfg.tune.pruner, cfg.tune.max_epochs),
+    )
+    return _trials(study, cfg, spec, storage)
+
+
+def _trials(study: Any, cfg: Config, spec: WorkerSpec, storage: Any) -> int:
+    import optuna
+    from optuna.trial import TrialState
+
+    if tune_study.used(study) >= cfg.tune.n_trials:
+        return 0  # nothing left: no need to load torch and the data
+    # Load before the first ask: a trial is counted from its ask, so a worker still importing
+    # torch must not hold a place of the budget that running workers could use.
+    data = TrialData.load(cfg)
+    done = 0
+    while spec.deadline is None or time.time() < spec.deadline:
+        trial = tune_study.ask_within_budget(study, cfg.tune.n_trials, storage.lock(spec.study))
+        if trial is None:
+            break
+        try:
+            value = objective(trial, cfg, data, spec.parent_run_id, spec.study)
+        except optuna.TrialPruned:
+            _tell(study, trial, None, TrialState.PRUNED)
+        except Exception as exc:  # counted as finished (failed); the study goes on
+            log.warning("tune: trial %s failed: %s", trial.number, exc)
+            _tell(study, trial, None, TrialState.FAIL)
+        except BaseException:
+            _tell(study, trial, None, TrialState.FAIL)
+            raise
+        else:
+            _tell(study, trial, value, TrialState.COMPLETE)
+        done += 1
+    return done
+
+
+def _tell(study: Any, trial: Any, value: float | None, state: Any) -> None:
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as exc:  # marked an orphan by another stage meanwhile: its verdict stands
+        log.warning("tune: trial %s already finished (%s)", trial.number, exc)
+
+
+def run(
+    cfg: Config, parent_run_id: str | None = None, launcher: Launcher | None = None
+) -> TuneResult:
+    """Run (or continue) the study with `tune.workers` workers; write the best parameters.
+
+    `launcher` starts the extra workers (default: processes on this host); each returned handle
+    has `wait() -> int` and `kill()`.
+    """
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     t = cfg.tune
     storage = optuna_storage.resolve(cfg)
+    check_workers(cfg, storage, local=launcher is None)
     opened = storage.open()  # before any MLflow run: a bad storage fails fast, in one line
-    # unique in a shared storage (journal, database): two studies may start in one second
-    study_name = f"{cfg.model_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+    name = tune_study.study_name(cfg)
+    c = tracking.client()
+
+    def end_orphan_run(run_id: str) -> None:
+        try:
+            tracking.end_run(run_id, failed=True)
+        except Exception as exc:  # the run may live in another store; the trial is what counts
+            log.warning("tune: cannot end orphaned run %s: %s", run_id, exc)
+
+    found = tune_study.open_study(
+        cfg,
+        name,
+        opened,
+        storage.lock(name),
+        sampler(cfg, 0),
+        make_pruner(t.pruner, t.max_epochs),
+        end_orphan_run,
+    )
+    study = found.study
+    if found.orphaned:
+        log.warning("tune: %s: trials %s of killed workers marked failed", name, found.orphaned)
     # Trials nest under the pipeline's parent run; without a flow, under the tune run itself.
     tune_run = tracking.start_run(
         cfg.register_.experiment, "tune", parent_run_id, tags={"dlops.stage": "tune"}
     )
-    c = tracking.client()
-    dm = DataModule(cfg.paths.processed_dir, seed=cfg.seed)
-    dm.setup()
-    info = data_info(cfg.paths.processed_dir)
-    headline = HEADLINE[info["task"]]["val"]
-
-    def objective(trial: optuna.Trial) -> float:
-        values = suggest(trial, cfg)
-        trial_cfg = cfg.with_values(values)
-        trial_run = tracking.start_run(
-            cfg.register_.experiment,
-            f"trial-{trial.number}",
-            parent_run_id or tune_run,
-            tags={"dlops.stage": "tune", "optuna.study": study_name},
-        )
-        tracking.log_params(trial_run, {**values, "arch": trial_cfg.arch})
-        L.seed_everything(cfg.seed + trial.number, workers=True, verbose=False)
-        dm.batch_size = trial_cfg.train.batch_size
-        module = build_module(trial_cfg, info, t.max_epochs)
-        pruning = PyTorchLightningPruningCallback(trial, monitor=VAL_LOSS)
-        # trials run in this process (several processes would each start their own study)
-        # faults: per-epoch progress on the logger "dlops"; the test hook (tasks/testhook.py)
-        progress = Progress(f"tune trial {trial.number}", "tune", partial(pause_point, "tune"))
-        trainer = make_trainer(
-            trial_cfg,
-            t.max_epochs,
-            [pruning, progress],
-            enable_checkpointing=False,
-            devices=1,
-            strategy="auto",
-        )
-        state = "COMPLETE"
-        try:
-            trainer.fit(module, datamodule=dm)
-            pruning.check_pruned()
-        except optuna.TrialPruned:
-            state = "PRUNED"
-            raise
-        except BaseException:
-            state = "FAILED"
-            raise
-        finally:
-            m = trainer.callback_metrics
-            for key in (VAL_LOSS, headline):
-                if key in m:
-                    c.log_metric(trial_run, key, float(m[key]), step=trainer.current_epoch)
-            c.set_tag(trial_run, "optuna.trial", str(trial.number))
-            c.set_tag(trial_run, "optuna.state", state)
-            tracking.end_run(trial_run, failed=state == "FAILED")
-        return float(trainer.callback_metrics[VAL_LOSS])
-
+    handles: list[Any] = []
     try:
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=opened,
-            direction="minimize",
-            sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-            pruner=make_pruner(t.pruner, t.max_epochs),
-        )
-        study.optimize(objective, n_trials=t.n_trials, timeout=t.timeout_s)
-        states = [tr.state for tr in study.trials]
-        n_complete = sum(s == optuna.trial.TrialState.COMPLETE for s in states)
-        n_pruned = sum(s == optuna.trial.TrialState.PRUNED for s in states)
-        if n_complete == 0:
-            raise RuntimeError(f"tune: no trial of study {study_name} completed")
-        best = study.best_trial
-        result = TuneResult(
-            best_params=dict(best.params),  # dotted params.yaml paths
-            best_value=float(best.value),
-            best_trial=best.number,
-            study_name=study_name,
-            n_complete=n_complete,
-            n_pruned=n_pruned,
-            path=Path(cfg.paths.best_params),
-            run_id=tune_run,
-        )
-        write_json(
-            result.path,
-            {
-                "params": result.best_params,
-                "value": result.best_value,
-                "objective": f"min {VAL_LOSS}",
-                "study": study_name,
-                "best_trial": best.number,
-                "n_trials": len(study.trials),
-                "n_complete": n_complete,
-                "n_pruned": n_pruned,
-            },
-        )
-        tracking.log_params(tune_run, {f"best.{k}": v for k, v in best.params.items()})
-        c.log_metric(tune_run, f"best/{VAL_LOSS}", result.best_value)
-        c.set_tag(tune_run, "optuna.study", study_name)
+        c.set_tag(tune_run, "optuna.study", name)
         c.set_tag(tune_run, "optuna.storage", storage.label)  # redacted: no password
-        c.set_tag(tune_run, "optuna.best_trial", str(best.number))
+        c.set_tag(tune_run, "optuna.workers", str(t.workers))
+        if found.warm_start_from:
+            c.set_tag(tune_run, "optuna.warm_start_from", found.warm_start_from)
+        deadline = time.time() + t.timeout_s if t.timeout_s else None
+        spec = WorkerSpec(
+            name, cfg.model_dump(by_alias=True, mode="json"), parent_run_id or tune_run, deadline
+        )
+        if t.workers > 1:
+            handles = (launcher or launch_local)(spec, range(1, t.workers))
+        _trials(study, cfg, spec, storage)
+        for h in handles:
+            h.wait()
+        # a worker that died left its trial RUNNING: fail it, then fill its place here
+        if tune_study.fail_orphans(study, end_orphan_run):
+            _trials(study, cfg, spec, storage)
+        result = _summarize(cfg, study, storage, tune_run, found)
     except BaseException:
+        for h in handles:
+            h.kill()
         tracking.end_run(tune_run, failed=True)
         raise
     tracking.end_run(tune_run)
+    log.info("tune: %s: best val/loss %.4f", name, result.best_value)
     return result
 
 
-def main() -> None:
-    """Entry point for `python -m tasks.tune` (dvc.yaml)."""
-    from tasks.entry import run_stage
+def _summarize(
+    cfg: Config, study: Any, storage: Any, tune_run: str, found: tune_study.Opened
+) -> TuneResult:
+    from optuna.trial import TrialState
 
-    argparse.ArgumentParser(description=__doc__).parse_args()
+    from models.metrics import VAL_LOSS
+
+    trials = study.get_trials(deepcopy=False)
+    orphaned = sum(bool(tr.user_attrs.get(tune_study.ORPHANED_ATTR)) for tr in trials)
+    n = {s: sum(tr.state == s for tr in trials) for s in TrialState}
+    n_complete, n_pruned = n[TrialState.COMPLETE], n[TrialState.PRUNED]
+    n_failed = n[TrialState.FAIL] - orphaned
+    name = study.study_name
+    if n_complete == 0:
+        raise RuntimeError(f"tune: no trial of study {name} completed")
+    best = study.best_trial
+    result = TuneResult(
+        best_params=dict(best.params),  # dotted params.yaml paths
+        best_value=float(best.value),
+        best_trial=best.number,
+        study_name=name,
+        n_complete=n_complete,
+        n_pruned=n_pruned,
+        path=Path(cfg.paths.best_params),
+        run_id=tune_run,
+        n_failed=n_failed,
+        n_orphaned=orphaned,
+        warm_start_from=found.warm_start_from,
+        workers=cfg.tune.workers,
+    )
+    write_json(
+        result.path,
+        {
+            "params": result.best_params,
+            "value": result.best_value,
+            "objective": f"min {VAL_LOSS}",
+            "study": name,
+            "best_trial": best.number,
+            "n_trials": n_complete + n_pruned + n_failed,
+            "n_complete": n_complete,
+            "n_pruned": n_pruned,
+            "n_failed": n_failed,
+            "n_orphaned": orphaned,
+            "warm_start_from": found.warm_start_from,
+        },
+    )
+    c = tracking.client()
+    tracking.log_params(tune_run, {f"best.{k}": v for k, v in best.params.items()})
+    c.log_metric(tune_run, f"best/{VAL_LOSS}", result.best_value)
+    for key, value in (("complete", n_complete), ("pruned", n_pruned), ("failed", n_failed)):
+        c.log_metric(tune_run, f"trials/{key}", value)
+    c.set_tag(tune_run, "optuna.best_trial", str(best.number))
+    log_plots(tune_run, study)
+    return result
+
+
+def log_plots(run_id: str, study: Any) -> list[str]:
+    """Optimization history and (2+ completed trials) parameter importances as PNG artifacts."""
+    import warnings
+
+    import matplotlib
+    import optuna
+
+    matplotlib.use("Agg")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as vis
+    from optuna.trial import TrialState
+
+    plots = {"optimization_history": vis.plot_optimization_history}
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) >= 2 and len(study.best_trial.params) >= 1:
+        plots["param_importances"] = vis.plot_param_importances
+    logged = []
+    c = tracking.client()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, plot in plots.items():
+            try:
+                ax = plot(study)
+            except (ValueError, RuntimeError) as exc:  # e.g. importances of constant params
+                log.warning("tune: no %s plot: %s", name, exc)
+                continue
+            fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+            path = Path(tmp) / f"{name}.png"
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            c.log_artifact(run_id, str(path), "optuna")
+            logged.append(path.name)
+    return logged
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for `python -m tasks.tune` (dvc.yaml), and for its workers (`--worker`)."""
+    from tasks.entry import run_stage
+    from tasks.runtime import setup
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--worker", metavar="SPEC.json", help="run trials of a started study (-: spec on stdin)"
+    )
+    parser.add_argument("--index", type=int, default=1, help="the worker's index (its seed)")
+    args = parser.parse_args(argv)
+    if args.worker:
+        setup()  # .env (DLOPS_OPTUNA_STORAGE), and redaction of logs and tracebacks
+        try:
+            die_with_parent()
+            text = sys.stdin.read() if args.worker == "-" else Path(args.worker).read_text()
+            spec = WorkerSpec(**json.loads(text))
+            n = work(spec, args.index)
+        except optuna_storage.StorageError as exc:
+            sys.exit(f"tune: {exc}")
+        print(f"tune worker {args.index}: {n} trials of {spec.study}")
+        return
 
     def body(cfg: Config) -> str:
         r = run(cfg)
         return (
             f"tune: best trial {r.best_trial} of {r.study_name} val/loss {r.best_value:.4f} "
-            f"{r.best_params} ({r.n_complete} complete, {r.n_pruned} pruned)"
+            f"{r.best_params} ({r.n_complete} complete, {r.n_pruned} pruned, {r.n_failed} "
+            f"failed, {r.workers} workers)"
         )
 
-    # setup(): .env (DLOPS_OPTUNA_STORAGE), redaction; a StorageError is one line (ConfigError)
+    # setup(): .env, redaction; a StorageError is one line (a ConfigError); upstream checked
     run_stage("tune", body)
 
 

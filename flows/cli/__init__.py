@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "flows.cli.deploy",
     "flows.cli.suite",
     "flows.cli.server",
+    "flows.cli.dashboard",
 )
 
 __all__ = ["build_parser", "configure_environment", "find_project_root", "main"]

@@ -9,6 +9,7 @@ import sys
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Register the nightly and the data-triggered deployments on a process work pool."""
     from flows.deploy import DATA_CHANGED, NIGHTLY, PIPELINE_FLOW, WATCH_FLOW, deploy
+    from flows.tune_worker import TUNE_WORKER, TUNE_WORKER_FLOW, deploy_tune_worker
     from tasks.config import ConfigError, load_config
     from tasks.redact import redact
 
@@ -22,6 +23,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             repository=args.repo,
             branch=args.branch,
         )
+        worker = deploy_tune_worker(args.pool, done.repository, done.branch)
     except (ConfigError, RuntimeError) as exc:
         print(f"dlops: {redact(exc)}", file=sys.stderr)
         return 2
@@ -31,6 +33,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     )
     print(f"  {PIPELINE_FLOW}/{NIGHTLY}  cron {args.cron!r}  ({done.nightly})")
     print(f"  {WATCH_FLOW}/{DATA_CHANGED}  cron {args.watch_cron!r}  ({done.data_changed})")
+    print(f"  {TUNE_WORKER_FLOW}/{TUNE_WORKER}  started by tune (tune.workers > 1)  ({worker})")
     print(f"run one now: prefect deployment run {PIPELINE_FLOW}/{NIGHTLY}")
     print(f"workers pick them up: prefect worker start --pool {args.pool}  (make up starts two)")
     return 0
