@@ -49,6 +49,7 @@ class TrainResult:
     epochs: int
     best_epoch: int
     resumed_from_epoch: int | None
+    steps: int = 0  # optimizer steps taken (the budget: models.training)
 
 
 def tuned_config(cfg: Config) -> Config:
@@ -56,6 +57,39 @@ def tuned_config(cfg: Config) -> Config:
     path = Path(cfg.paths.best_params)
     tuned = read_json(path)["params"] if path.is_file() else {}
     return cfg.with_values(tuned) if tuned else cfg
+
+
+def tuned_cv(cfg: Config) -> dict[str, Any] | None:
+    """The cross-validation record of the tuned trial (best_params.json "cv"), if tune used CV.
+
+    With it, train fits train+validation for the tuned number of steps, without early stopping
+    (the validation split was too small to choose a model on; models.cv scored the folds).
+    """
+    path = Path(cfg.paths.best_params)
+    return read_json(path).get("cv") if path.is_file() else None
+
+
+def train_budget(cfg: Config, info: dict[str, Any]) -> Any:
+    """The training budget (models.training.Budget) for the processed data and `train.*`."""
+    from models.training import budget, fixed_budget
+
+    t, counts = cfg.train, info["counts"]
+    cv = tuned_cv(cfg)
+    if cv:
+        n = int(counts["train"]) + int(counts.get("val", 0))
+        return fixed_budget(n, t.batch_size, int(cv["steps"]), t.max_epochs)
+    world = t.devices if launched_rank() is not None or t.devices > 1 else 1
+    return budget(int(counts["train"]), t.batch_size, t.max_epochs, t.min_steps, t.max_steps, world)
+
+
+def trial_budget(cfg: Config, info: dict[str, Any]) -> Any:
+    """A tuning trial's budget (`tune.max_epochs`, `tune.min_steps`, `tune.max_steps`)."""
+    from models.training import budget
+
+    t = cfg.tune
+    return budget(
+        int(info["counts"]["train"]), cfg.train.batch_size, t.max_epochs, t.min_steps, t.max_steps
+    )
 
 
 def data_info(processed_dir: str | Path) -> dict[str, Any]:
@@ -275,25 +309,36 @@ def _open_run(cfg: Config, parent_run_id: str | None, resume_run: str | None) ->
     )
 
 
-def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list]:
-    """Seeded module, DataModule and callbacks (best, last, early stop), as every rank builds."""
+def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list, Any]:
+    """Seeded module, DataModule, callbacks (best, last, early stop) and budget, as every rank
+    builds them. After cross-validated tuning: train+validation, the tuned steps, no stopping."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from torch.utils.data import ConcatDataset
 
     from models.datamodule import DataModule
     from models.metrics import VAL_LOSS
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = build_module(cfg, info, cfg.train.max_epochs)
-    dm = DataModule(cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    b = train_budget(cfg, info)
+    module = build_module(cfg, info, b.epochs)
+    dm = DataModule(
+        cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed, repeats=b.repeats
+    )
     ckpt_dir = Path(cfg.paths.checkpoint_dir)
+    # every epoch: `save_last=True` writes only in epochs that improve val/loss (Lightning 2.6)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False)
+    if tuned_cv(cfg):
+        dm.setup()
+        dm.datasets["train"] = ConcatDataset([dm.datasets["train"], dm.datasets["val"]])
+        best = ModelCheckpoint(dirpath=ckpt_dir, filename=BEST, enable_version_counter=False)
+        return module, dm, [best, last], b
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename=BEST, monitor=VAL_LOSS, mode="min"),
-        # every epoch: `save_last=True` writes only in epochs that improve val/loss (Lightning 2.6)
-        ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False),
+        last,
         EarlyStopping(monitor=VAL_LOSS, mode="min", patience=cfg.train.patience),
     ]
-    return module, dm, callbacks
+    return module, dm, callbacks, b
 
 
 def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> TrainResult:
@@ -314,7 +359,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
     last, resume_run = resumable(cfg, print) if resume else (None, None)
     if last is None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    module, dm, callbacks = _fit_parts(cfg, info)
+    module, dm, callbacks, b = _fit_parts(cfg, info)
 
     run_id = _open_run(cfg, parent_run_id, resume_run)
     resumed_epoch = None
@@ -323,7 +368,15 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             _log_inputs(cfg, run_id)
             tracking.log_params(
                 run_id,
-                {"arch": cfg.arch, "task": info["task"], "modality": info["modality"]},
+                {
+                    "arch": cfg.arch,
+                    "task": info["task"],
+                    "modality": info["modality"],
+                    "budget.epochs": b.epochs,
+                    "budget.repeats": b.repeats,
+                    "budget.steps": b.total_steps,
+                    "budget.train_on": "train+val" if tuned_cv(cfg) else "train",
+                },
             )
         else:
             tracking.client().set_tag(run_id, "dlops.resumed_from", str(last))
@@ -339,7 +392,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             log_model=False,
         )
         ckpt = callbacks[0]
-        trainer = make_trainer(cfg, cfg.train.max_epochs, callbacks, logger=logger)
+        trainer = make_trainer(cfg, b.epochs, callbacks, logger=logger, max_steps=b.max_steps)
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
         best_path = Path(ckpt.best_model_path or ckpt_dir / f"{BEST}.ckpt")
         state = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -351,7 +404,8 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
         best_epoch = int(state["epoch"])
         # under ddp_spawn this process's trainer does not count the epochs: last.ckpt does
         last_ckpt = ckpt_dir / f"{LAST}.ckpt"
-        epochs = int(torch.load(last_ckpt, weights_only=True, mmap=True)["epoch"]) + 1
+        last_state = torch.load(last_ckpt, weights_only=True, mmap=True)
+        epochs, steps = int(last_state["epoch"]) + 1, int(last_state["global_step"])
         module.net.load_state_dict(net_state)
         # re-score the best epoch in this process, without the logger (one point per epoch)
         with single_process() if rank is not None else contextlib.nullcontext():
@@ -381,6 +435,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
                     "batch_size": cfg.train.batch_size,
                     "mlflow_run_id": run_id,
                     "best_epoch": best_epoch,
+                    "steps": steps,
                 },
             )
         result = TrainResult(
@@ -392,6 +447,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             epochs=epochs,
             best_epoch=best_epoch,
             resumed_from_epoch=resumed_epoch,
+            steps=steps,
         )
         write_json(
             cfg.paths.train_metrics,
@@ -400,6 +456,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
                 f"best_{metric_name.replace('/', '_')}": result.best_val_metric,
                 "epochs": result.epochs,
                 "best_epoch": result.best_epoch,
+                "steps": steps,
             },
         )
         c = tracking.client()
@@ -420,8 +477,8 @@ def _worker(cfg: Config, info: dict[str, Any], resume: bool) -> TrainResult:
 
     last, _ = resumable(cfg, lambda _: None) if resume else (None, None)
     # the same callbacks as rank zero (their state is synchronized), which alone writes files
-    module, dm, callbacks = _fit_parts(cfg, info)
-    trainer = make_trainer(cfg, cfg.train.max_epochs, callbacks)
+    module, dm, callbacks, b = _fit_parts(cfg, info)
+    trainer = make_trainer(cfg, b.epochs, callbacks, max_steps=b.max_steps)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
     nan = float("nan")
     metric = HEADLINE[info["task"]]["val"]

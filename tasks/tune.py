@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks import optuna_storage, tracking
+from tasks import cv, optuna_storage, tracking
 from tasks.config import Choices, Config, FloatRange, IntRange, load_config
-from tasks.train import build_module, data_info, make_trainer
+from tasks.train import build_module, data_info, make_trainer, trial_budget
 from tasks.utils import write_json
 
 
@@ -44,7 +44,7 @@ def suggest(trial: Any, cfg: Config) -> dict[str, Any]:
     `model.arch` is drawn first; `model.<arch>.*` dimensions are drawn only when that arch is the
     trial's (conditional parameters: an LSTM's hidden size only for RNNs).
     """
-    space = cfg.tune.space
+    space = cfg.search_space()
     params: dict[str, Any] = {}
     if "model.arch" in space:
         params["model.arch"] = _draw(trial, "model.arch", space["model.arch"])
@@ -95,6 +95,28 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
     dm.setup()
     info = data_info(cfg.paths.processed_dir)
     headline = HEADLINE[info["task"]]["val"]
+    use_cv = cv.needed(cfg, info)
+
+    def _cv_objective(trial: Any, trial_cfg: Config, info: dict, dm: Any, trial_run: str) -> float:
+        state = "COMPLETE"
+        try:
+            scored = cv.score(trial_cfg, info, dm, trial, seed=cfg.seed + trial.number)
+            for i, loss in enumerate(scored.fold_losses):
+                c.log_metric(trial_run, "cv/fold_val_loss", loss, step=i)
+            c.log_metric(trial_run, VAL_LOSS, scored.value)
+            c.log_metric(trial_run, "cv/steps", scored.steps)
+            return scored.value
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except BaseException:
+            state = "FAILED"
+            raise
+        finally:
+            c.set_tag(trial_run, "optuna.trial", str(trial.number))
+            c.set_tag(trial_run, "optuna.state", state)
+            c.set_tag(trial_run, "dlops.cv", "true")
+            tracking.end_run(trial_run, failed=state == "FAILED")
 
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, cfg)
@@ -106,18 +128,22 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
             tags={"dlops.stage": "tune", "optuna.study": study_name},
         )
         tracking.log_params(trial_run, {**values, "arch": trial_cfg.arch})
+        if use_cv:  # a small validation split: k-fold CV inside train (tasks.cv)
+            return _cv_objective(trial, trial_cfg, info, dm, trial_run)
         L.seed_everything(cfg.seed + trial.number, workers=True, verbose=False)
-        dm.batch_size = trial_cfg.train.batch_size
-        module = build_module(trial_cfg, info, t.max_epochs)
+        b = trial_budget(trial_cfg, info)
+        dm.batch_size, dm.repeats = trial_cfg.train.batch_size, b.repeats
+        module = build_module(trial_cfg, info, b.epochs)
         pruning = PyTorchLightningPruningCallback(trial, monitor=VAL_LOSS)
         # trials run in this process (several processes would each start their own study)
         trainer = make_trainer(
             trial_cfg,
-            t.max_epochs,
+            b.epochs,
             [pruning],
             enable_checkpointing=False,
             devices=1,
             strategy="auto",
+            max_steps=b.max_steps,
         )
         state = "COMPLETE"
         try:
@@ -145,7 +171,7 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
             storage=opened,
             direction="minimize",
             sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-            pruner=make_pruner(t.pruner, t.max_epochs),
+            pruner=make_pruner(t.pruner, t.max_epochs * (t.cv_folds if use_cv else 1)),
         )
         study.optimize(objective, n_trials=t.n_trials, timeout=t.timeout_s)
         states = [tr.state for tr in study.trials]
@@ -175,6 +201,8 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
                 "n_trials": len(study.trials),
                 "n_complete": n_complete,
                 "n_pruned": n_pruned,
+                # cross-validated (small validation split): what train fits on train+val
+                "cv": best.user_attrs.get(cv.CV_ATTR),
             },
         )
         tracking.log_params(tune_run, {f"best.{k}": v for k, v in best.params.items()})

@@ -22,7 +22,9 @@ configure_environment()  # the CLI's local, telemetry-free defaults
 TINY = [
     "tune.n_trials=1",
     "tune.max_epochs=1",
+    "tune.min_steps=0",
     "train.max_epochs=2",
+    "train.min_steps=0",
     "train.patience=1",
     "promote.threshold=0.5",
 ]

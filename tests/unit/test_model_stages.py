@@ -136,7 +136,7 @@ def test_train_then_evaluate(processed):
     [
         (["data.dataset=wine"], "mlp"),
         (["data.dataset=waveforms", "model.arch=rnn", "model.rnn.cell=lstm"], "rnn"),
-        (["data.dataset=waveforms"], "cnn1d"),
+        (["data.dataset=waveforms"], "fcn"),
     ],
 )
 def test_each_modality_trains_and_evaluates(workspace, overrides, arch):
