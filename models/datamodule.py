@@ -77,7 +77,12 @@ class DataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         data: Dataset = self.datasets[split]
         sampler: Sampler[int] | None = None
-        if shuffle and self.repeats > 1 and self.trainer is not None and self.trainer.world_size > 1:
+        if (
+            shuffle
+            and self.repeats > 1
+            and self.trainer is not None
+            and self.trainer.world_size > 1
+        ):
             data = ConcatDataset([data] * self.repeats)
         if shuffle and self.trainer is not None and self.trainer.world_size > 1:
             # DDP: each process its shard of a (seed, epoch) shuffle. Lightning would wrap an

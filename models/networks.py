@@ -203,8 +203,10 @@ def _conv(dim: int, cin: int, cout: int, k: int, spec: NetSpec, stride: int = 1)
     # an even kernel keeps the length with one step more of padding on the right (as "same",
     # which warns about a padded copy on every call)
     layer.padding = (0,) * dim
-    pad = nn.ConstantPad1d((k // 2 - 1, k // 2), 0.0) if dim == 1 else nn.ZeroPad2d(
-        (k // 2 - 1, k // 2, k // 2 - 1, k // 2)
+    pad = (
+        nn.ConstantPad1d((k // 2 - 1, k // 2), 0.0)
+        if dim == 1
+        else nn.ZeroPad2d((k // 2 - 1, k // 2, k // 2 - 1, k // 2))
     )
     return nn.Sequential(pad, layer)
 
@@ -223,7 +225,11 @@ class FCN(nn.Module):
         c, cin = opt["channels"], spec.input_shape[1]
         layers: list[nn.Module] = []
         for cout, k in zip((c, 2 * c, c), opt["kernel_sizes"], strict=True):
-            layers += [_conv(1, cin, cout, k, spec), _norm(1, cout, spec), activation(spec.activation)]
+            layers += [
+                _conv(1, cin, cout, k, spec),
+                _norm(1, cout, spec),
+                activation(spec.activation),
+            ]
             cin = cout
         self.features = nn.Sequential(*layers)
         self.head = _gap_head(cin, spec)
@@ -243,7 +249,10 @@ class _Residual(nn.Module):
         layers: list[nn.Module] = []
         c = cin
         for i, k in enumerate(kernels):
-            layers += [_conv(dim, c, cout, k, spec, stride if i == 0 else 1), _norm(dim, cout, spec)]
+            layers += [
+                _conv(dim, c, cout, k, spec, stride if i == 0 else 1),
+                _norm(dim, cout, spec),
+            ]
             if i < len(kernels) - 1:
                 layers.append(activation(spec.activation))
             c = cout
@@ -263,7 +272,7 @@ class _Residual(nn.Module):
 
 
 class ResNet1d(nn.Module):
-    """Residual blocks of three convs (kernels 8, 5, 3), channels c, 2c, 2c, ...; global pooling."""
+    """Residual blocks of three convs (kernels 8, 5, 3), channels c, 2c, 2c...; global pooling."""
 
     def __init__(self, spec: NetSpec) -> None:
         super().__init__()
@@ -283,8 +292,10 @@ class ResNet1d(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A small residual CNN: a stem conv, basic blocks (stride 2 and doubled channels after the
-    first), global average pooling; takes images of any size."""
+    """A small residual CNN with global average pooling; takes images of any size.
+
+    A stem conv, then basic blocks (stride 2 and doubled channels after the first).
+    """
 
     def __init__(self, spec: NetSpec) -> None:
         super().__init__()

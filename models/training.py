@@ -30,6 +30,14 @@ class Budget:
         return total if self.max_steps < 0 else min(total, self.max_steps)
 
 
+def _repeats(n: int, batch: int, steps_per_epoch: int) -> int:
+    """The fewest passes per epoch whose batches make at least `steps_per_epoch` steps.
+
+    The passes are shuffled one after another into one stream of indices, cut into batches.
+    """
+    return max(1, math.ceil(((steps_per_epoch - 1) * batch + 1) / n))
+
+
 def budget(
     n_train: int,
     batch_size: int,
@@ -40,26 +48,26 @@ def budget(
 ) -> Budget:
     """The derived budget for `n_train` examples in batches of `batch_size` (per process).
 
-    A pass makes ceil(n / (batch * world)) steps. Each epoch repeats the examples
-    ceil(min_steps / (max_epochs * pass)) times (1 on large data); with `max_steps` the epochs
-    shrink to what fits, and Lightning stops at `max_steps` exactly.
+    An epoch of r passes makes ceil(r * n / (batch * world)) steps; r is the fewest passes that
+    give `max_epochs` epochs at least `min_steps` steps (1 on large data). With `max_steps` the
+    epochs shrink to what fits, and Lightning stops at `max_steps` exactly.
     """
     if n_train < 1:
         raise ValueError("budget: the training split is empty")
-    per_pass = math.ceil(n_train / (batch_size * world_size))
+    batch = batch_size * world_size
+    per_pass = math.ceil(n_train / batch)
     epochs = max_epochs
     if max_steps is not None:
         epochs = max(1, min(epochs, max_steps // per_pass))
-    repeats = max(1, math.ceil(min_steps / (epochs * per_pass)))
-    if max_steps is not None:
-        repeats = max(1, min(repeats, max_steps // (epochs * per_pass)))
-    return Budget(epochs, repeats, repeats * per_pass, -1 if max_steps is None else max_steps)
+    repeats = _repeats(n_train, batch, math.ceil(min_steps / epochs)) if min_steps else 1
+    steps = math.ceil(repeats * n_train / batch)
+    return Budget(epochs, repeats, steps, -1 if max_steps is None else max_steps)
 
 
 def fixed_budget(n_train: int, batch_size: int, steps: int, max_epochs: int) -> Budget:
     """A budget of exactly `steps` steps (the final fit after cross-validation)."""
     per_pass = math.ceil(n_train / batch_size)
-    passes = max(1, math.ceil(steps / per_pass))
-    epochs = min(max_epochs, passes)
-    repeats = math.ceil(passes / epochs)
-    return Budget(epochs, repeats, repeats * per_pass, steps)
+    epochs = max(1, min(max_epochs, math.ceil(steps / per_pass)))
+    repeats = _repeats(n_train, batch_size, math.ceil(steps / epochs))
+    per_epoch = math.ceil(repeats * n_train / batch_size)
+    return Budget(epochs, repeats, per_epoch, steps)

@@ -57,11 +57,16 @@ SMALL_IMAGE = 32
 
 
 def auto_arch(modality: str, image_size: tuple[int, int] = (8, 8)) -> str:
-    """What `model.arch: auto` means: tables mlp; images cnn up to 32 px a side, else resnet;
-    sequences fcn (Wang et al. 2017: on par with ResNet-1D on small sets, at less cost)."""
+    """What `model.arch: auto` means, by modality and image size.
+
+    Tables mlp; images cnn up to 32 px a side, else resnet; sequences fcn (Wang et al. 2017: on
+    par with ResNet-1D on small sets, at less cost).
+    """
     if modality == "images":
         return "cnn" if max(image_size) <= SMALL_IMAGE else "resnet"
     return {"tables": "mlp", "sequences": "fcn"}[modality]
+
+
 CLASSIFICATION_LOSSES = ("cross_entropy",)
 REGRESSION_LOSSES = ("mse", "mae", "huber")
 HIGHER_IS_BETTER = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc_ovr", "r2")
@@ -423,6 +428,8 @@ class AugmentConfig(_Frozen):
     contrast: float = Field(0.0, ge=0, lt=1)
     jitter: float = Field(0.0, ge=0)
     scale: float = Field(0.0, ge=0, lt=1)
+    window: float = Field(0.0, ge=0, lt=1)
+    warp: float = Field(0.0, ge=0, lt=1)
 
 
 class PreprocessConfig(_Frozen):

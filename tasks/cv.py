@@ -125,7 +125,7 @@ def score(
     # The tuned length, in passes over the examples, turned into steps on train+validation.
     passes = sum((e + 1) * b.repeats for e in best_epochs) / len(best_epochs)
     n_full = int(info["counts"]["train"]) + int(info["counts"].get("val", 0))
-    steps = max(1, round(passes * math.ceil(n_full / bs)))
+    steps = max(1, math.ceil(passes * n_full / bs))
     value = sum(losses) / len(losses)
     record = {
         "folds": len(splits),

@@ -79,7 +79,9 @@ def train_budget(cfg: Config, info: dict[str, Any]) -> Any:
         n = int(counts["train"]) + int(counts.get("val", 0))
         return fixed_budget(n, t.batch_size, int(cv["steps"]), t.max_epochs)
     world = t.devices if launched_rank() is not None or t.devices > 1 else 1
-    return budget(int(counts["train"]), t.batch_size, t.max_epochs, t.min_steps, t.max_steps, world)
+    return budget(
+        int(counts["train"]), t.batch_size, t.max_epochs, t.min_steps, t.max_steps, world
+    )
 
 
 def trial_budget(cfg: Config, info: dict[str, Any]) -> Any:
@@ -310,8 +312,10 @@ def _open_run(cfg: Config, parent_run_id: str | None, resume_run: str | None) ->
 
 
 def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list, Any]:
-    """Seeded module, DataModule, callbacks (best, last, early stop) and budget, as every rank
-    builds them. After cross-validated tuning: train+validation, the tuned steps, no stopping."""
+    """Seeded module, DataModule, callbacks (best, last, early stop), budget: as every rank.
+
+    After cross-validated tuning: train+validation, the tuned steps, no early stopping.
+    """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from torch.utils.data import ConcatDataset
@@ -331,8 +335,7 @@ def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list, Any]:
     if tuned_cv(cfg):
         dm.setup()
         dm.datasets["train"] = ConcatDataset([dm.datasets["train"], dm.datasets["val"]])
-        best = ModelCheckpoint(dirpath=ckpt_dir, filename=BEST, enable_version_counter=False)
-        return module, dm, [best, last], b
+        return module, dm, [last], b  # no validation to choose on: the best is the last
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename=BEST, monitor=VAL_LOSS, mode="min"),
         last,
