@@ -411,9 +411,40 @@ def build_network(spec: NetSpec) -> nn.Module:
     return init_weights(NETWORKS[spec.arch](spec), spec.init, spec.activation)
 
 
+class Ensemble(nn.Module):
+    """k networks of one spec whose averaged probabilities (regression: values) are the output.
+
+    Classification returns log(mean of the members' softmax): a softmax of it (what inference
+    and the pyfunc apply) is exactly the mean probability, and cross-entropy on it is the
+    ensemble's log loss. The state dict is the members' under `members.<i>.`.
+    """
+
+    def __init__(self, members: list[nn.Module], task: str) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.task = task
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' mean probability as log-probabilities (regression: mean output)."""
+        outs = torch.stack([m(x) for m in self.members])
+        if self.task != "classification":
+            return outs.mean(dim=0)
+        return torch.logsumexp(torch.log_softmax(outs, dim=-1), dim=0) - math.log(len(outs))
+
+
+def build_ensemble(spec: NetSpec, k: int, task: str) -> Ensemble:
+    """An ensemble of k freshly built networks of `spec`."""
+    return Ensemble([build_network(spec) for _ in range(k)], task)
+
+
 def load_network(spec_path: str | Path, weights_path: str | Path) -> nn.Module:
-    """A network in eval mode from model.json (key "spec") and a weights-only state dict."""
-    spec = NetSpec.from_dict(json.loads(Path(spec_path).read_text())["spec"])
-    net = build_network(spec)
+    """A network in eval mode from model.json (key "spec") and a weights-only state dict.
+
+    model.json's "ensemble" (k > 1) makes it an `Ensemble` of k members of that spec.
+    """
+    meta = json.loads(Path(spec_path).read_text())
+    spec = NetSpec.from_dict(meta["spec"])
+    k = int(meta.get("ensemble", 1))
+    net = build_network(spec) if k <= 1 else build_ensemble(spec, k, meta.get("task", ""))
     net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     return net.eval()

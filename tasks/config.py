@@ -641,6 +641,8 @@ class TrainConfig(_Frozen):
     min_steps: int = Field(300, ge=0)
     max_steps: int | None = Field(None, ge=1)
     patience: int = Field(6, ge=1)
+    # k > 1: k members (seeds seed, seed+1, ...) whose averaged probabilities are the model
+    ensemble: int = Field(1, ge=1)
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     weight_decay: float = Field(1e-4, ge=0)
@@ -677,6 +679,8 @@ class TrainConfig(_Frozen):
             raise ValueError("precision 16-mixed needs a GPU; use bf16-mixed on CPU")
         if self.max_steps is not None and self.min_steps > self.max_steps:
             raise ValueError("min_steps must not exceed max_steps")
+        if self.ensemble > 1 and self.devices > 1:
+            raise ValueError("ensemble members train in one process: use devices 1")
         return self
 
 

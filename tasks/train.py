@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -311,7 +312,9 @@ def _open_run(cfg: Config, parent_run_id: str | None, resume_run: str | None) ->
     )
 
 
-def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list, Any]:
+def _fit_parts(
+    cfg: Config, info: dict[str, Any], ckpt_dir: Path | None = None
+) -> tuple[Any, Any, list, Any]:
     """Seeded module, DataModule, callbacks (best, last, early stop), budget: as every rank.
 
     After cross-validated tuning: train+validation, the tuned steps, no early stopping.
@@ -329,7 +332,7 @@ def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list, Any]:
     dm = DataModule(
         cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed, repeats=b.repeats
     )
-    ckpt_dir = Path(cfg.paths.checkpoint_dir)
+    ckpt_dir = ckpt_dir or Path(cfg.paths.checkpoint_dir)
     # every epoch: `save_last=True` writes only in epochs that improve val/loss (Lightning 2.6)
     last = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False)
     if tuned_cv(cfg):
@@ -410,6 +413,15 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
         last_state = torch.load(last_ckpt, weights_only=True, mmap=True)
         epochs, steps = int(last_state["epoch"]) + 1, int(last_state["global_step"])
         module.net.load_state_dict(net_state)
+        if cfg.train.ensemble > 1:
+            from models.networks import Ensemble
+
+            members = [module.net]
+            with tempfile.TemporaryDirectory(dir=ckpt_dir) as tmp:
+                for i in range(1, cfg.train.ensemble):
+                    members.append(_fit_member(cfg, info, i, Path(tmp) / f"member-{i}"))
+            module.net = Ensemble(members, info["task"])
+            net_state = module.net.state_dict()
         # re-score the best epoch in this process, without the logger (one point per epoch)
         with single_process() if rank is not None else contextlib.nullcontext():
             scorer = make_trainer(
@@ -434,6 +446,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
                     "task": info["task"],
                     "modality": info["modality"],
                     "spec": module.spec.to_dict(),
+                    "ensemble": cfg.train.ensemble,
                     "hyperparameters": dict(module.hparams),
                     "batch_size": cfg.train.batch_size,
                     "mlflow_run_id": run_id,
@@ -472,6 +485,21 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
     tracking.end_run(run_id)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # train_dir holds best.ckpt and last.ckpt now
     return result
+
+
+def _fit_member(cfg: Config, info: dict[str, Any], i: int, ckpt_dir: Path) -> Any:
+    """Ensemble member i: the same fit with seed + i, its best network (no MLflow, no files)."""
+    import torch
+
+    member_cfg = cfg.with_values({"seed": cfg.seed + i})
+    module, dm, callbacks, b = _fit_parts(member_cfg, info, ckpt_dir)
+    trainer = make_trainer(member_cfg, b.epochs, callbacks, max_steps=b.max_steps)
+    trainer.fit(module, datamodule=dm)
+    state = torch.load(callbacks[0].best_model_path, map_location="cpu", weights_only=True)
+    module.net.load_state_dict(
+        {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    )
+    return module.net.eval()
 
 
 def _worker(cfg: Config, info: dict[str, Any], resume: bool) -> TrainResult:

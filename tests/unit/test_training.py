@@ -243,3 +243,42 @@ def test_augmentation_changes_training_batches_only_and_is_seeded():
         outs.append(seen[-1])
     assert not torch.equal(outs[0], x)
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+def test_ensemble_outputs_the_mean_of_its_members_and_round_trips_through_mlflow(workspace):
+    import mlflow
+
+    from models.inference import Predictor
+    from models.networks import NetSpec, build_network
+    from models.preprocessing import load, load_split
+    from models.pyfunc import log_model, proba_column, to_model_input
+
+    cfg = prepare(
+        workspace, "model.arch=fcn", "train.ensemble=2", "train.max_epochs=2", "train.min_steps=0"
+    )
+    r = train.run(cfg)
+    folder = Path(cfg.paths.train_dir)
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["ensemble"] == 2
+    state = torch.load(folder / "model.pt", weights_only=True)
+    pre = load(folder / "preprocessor.json")
+    x_raw, _ = load_split(cfg.paths.processed_dir, "test")
+    x = torch.from_numpy(pre.transform(x_raw))
+    probs = []
+    for i in range(2):
+        net = build_network(NetSpec.from_dict(meta["spec"]))
+        prefix = f"members.{i}."
+        net.load_state_dict(
+            {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        )
+        with torch.no_grad():
+            probs.append(torch.softmax(net.eval()(x).double(), dim=1).numpy())
+    assert not np.allclose(probs[0], probs[1])  # two seeds, two members
+    mean = (probs[0] + probs[1]) / 2
+    np.testing.assert_allclose(
+        Predictor.from_dir(folder).outputs(x_raw), mean, rtol=1e-5, atol=1e-6
+    )
+    info, _ = log_model(folder, r.run_id)
+    out = mlflow.pyfunc.load_model(info.model_uri).predict(to_model_input("sequences", x_raw))
+    got = out[[proba_column(c) for c in pre.target.classes]].to_numpy()
+    np.testing.assert_allclose(got, mean, rtol=1e-5, atol=1e-6)
