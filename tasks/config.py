@@ -740,7 +740,7 @@ class Config(_Frozen):
         if self.model.arch != "auto" and self.model.arch not in ARCHS[modality]:
             raise ValueError(
                 f"model.arch: {self.model.arch} does not apply to {modality} "
-                f"(use {' or '.join(ARCHS[modality])})"
+                f"(use {', '.join(ARCHS[modality][:-1])} or {ARCHS[modality][-1]})"
             )
         task = self.data.known_task
         if task is not None:

@@ -476,6 +476,10 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             },
         )
         c = tracking.client()
+        cv = tuned_cv(cfg)
+        if cv:  # the validation split was trained on: the honest estimate is the CV score
+            c.log_metric(run_id, "cv/val_loss", float(cv["value"]))
+            c.set_tag(run_id, "dlops.val_in_training", "true")
         c.log_metric(run_id, "best/val_loss", result.best_val_loss)
         c.log_metric(run_id, f"best/{metric_name}", result.best_val_metric)
         c.log_metric(run_id, "best/epoch", best_epoch)

@@ -398,3 +398,29 @@ def test_build_augment_picks_the_modality_and_its_keys():
         build_augment("audio", options)
     with pytest.raises(ValueError, match="mixup"):
         build_augment("images", {**options, "mixup": 0.2})
+
+
+@pytest.mark.parametrize("arch", ["fcn", "resnet1d", "resnet", "ensemble"])
+def test_new_networks_export_with_dynamic_batch_and_length(arch: str):
+    from torch.export import Dim, export
+
+    from models.networks import build_ensemble
+
+    batch = Dim("batch", min=1, max=4096)
+    if arch == "resnet":
+        net = build_network(NetSpec("resnet", (1, 16, 16), 3, options=SMALL["resnet"]))
+        dims = {0: batch, 2: Dim("h", min=8, max=1024), 3: Dim("w", min=8, max=1024)}
+        x, other = torch.randn(3, 1, 16, 16), torch.randn(5, 1, 23, 31)
+    else:
+        spec = NetSpec("fcn" if arch == "ensemble" else arch, (50, 2), 3, options={"channels": 4})
+        net = (
+            build_ensemble(spec, 2, "classification")
+            if arch == "ensemble"
+            else build_network(spec)
+        )
+        dims = {0: batch, 1: Dim("length", min=8, max=4096)}
+        x, other = torch.randn(3, 50, 2), torch.randn(5, 77, 2)
+    net.eval()
+    program = export(net, (x,), dynamic_shapes={"x": dims})
+    with torch.no_grad():
+        assert torch.allclose(program.module()(other), net(other), atol=1e-5)

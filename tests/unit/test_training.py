@@ -154,6 +154,9 @@ def test_kfold_tuning_below_the_threshold_then_fit_on_train_and_val(workspace, a
     assert t.steps == record["steps"]
     params = tracking.client().get_run(t.run_id).data.params
     assert params["budget.train_on"] == "train+val"
+    run = tracking.client().get_run(t.run_id)
+    assert run.data.metrics["cv/val_loss"] == pytest.approx(record["value"])
+    assert run.data.tags["dlops.val_in_training"] == "true"
 
 
 def test_no_kfold_above_the_threshold(workspace):
