@@ -139,3 +139,38 @@ def score(
     if trial is not None:
         trial.set_user_attr(CV_ATTR, record)
     return CVScore(value, losses, best_epochs, b.epochs, steps, record)
+
+
+def run_trial(
+    trial: Any, cfg: Config, info: dict[str, Any], dm: Any, run_id: str, seed: int
+) -> float:
+    """The tune objective's k-fold branch: score, log to the trial's MLflow run, close it.
+
+    Logs `cv/fold_val_loss` per fold, `val/loss` (the mean) and `cv/steps`; tags the run with
+    its Optuna state (COMPLETE, PRUNED, FAILED) and `dlops.cv`.
+    """
+    import optuna
+
+    from models.metrics import VAL_LOSS
+    from tasks import tracking
+
+    c = tracking.client()
+    state = "COMPLETE"
+    try:
+        scored = score(cfg, info, dm, trial, seed=seed)
+        for i, loss in enumerate(scored.fold_losses):
+            c.log_metric(run_id, "cv/fold_val_loss", loss, step=i)
+        c.log_metric(run_id, VAL_LOSS, scored.value)
+        c.log_metric(run_id, "cv/steps", scored.steps)
+        return scored.value
+    except optuna.TrialPruned:
+        state = "PRUNED"
+        raise
+    except BaseException:
+        state = "FAILED"
+        raise
+    finally:
+        c.set_tag(run_id, "optuna.trial", str(trial.number))
+        c.set_tag(run_id, "optuna.state", state)
+        c.set_tag(run_id, "dlops.cv", "true")
+        tracking.end_run(run_id, failed=state == "FAILED")

@@ -97,27 +97,6 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
     headline = HEADLINE[info["task"]]["val"]
     use_cv = cv.needed(cfg, info)
 
-    def _cv_objective(trial: Any, trial_cfg: Config, info: dict, dm: Any, trial_run: str) -> float:
-        state = "COMPLETE"
-        try:
-            scored = cv.score(trial_cfg, info, dm, trial, seed=cfg.seed + trial.number)
-            for i, loss in enumerate(scored.fold_losses):
-                c.log_metric(trial_run, "cv/fold_val_loss", loss, step=i)
-            c.log_metric(trial_run, VAL_LOSS, scored.value)
-            c.log_metric(trial_run, "cv/steps", scored.steps)
-            return scored.value
-        except optuna.TrialPruned:
-            state = "PRUNED"
-            raise
-        except BaseException:
-            state = "FAILED"
-            raise
-        finally:
-            c.set_tag(trial_run, "optuna.trial", str(trial.number))
-            c.set_tag(trial_run, "optuna.state", state)
-            c.set_tag(trial_run, "dlops.cv", "true")
-            tracking.end_run(trial_run, failed=state == "FAILED")
-
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, cfg)
         trial_cfg = cfg.with_values(values)
@@ -129,7 +108,7 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
         )
         tracking.log_params(trial_run, {**values, "arch": trial_cfg.arch})
         if use_cv:  # a small validation split: k-fold CV inside train (tasks.cv)
-            return _cv_objective(trial, trial_cfg, info, dm, trial_run)
+            return cv.run_trial(trial, trial_cfg, info, dm, trial_run, cfg.seed + trial.number)
         L.seed_everything(cfg.seed + trial.number, workers=True, verbose=False)
         b = trial_budget(trial_cfg, info)
         dm.batch_size, dm.repeats = trial_cfg.train.batch_size, b.repeats
