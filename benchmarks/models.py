@@ -60,7 +60,9 @@ def generate(classes: int, n_train: int, length: int, n_test: int, seed: int) ->
         centers = rng.uniform(0.1, 0.9, 4)
         widths = rng.uniform(0.03, 0.12, 4)
         heights = rng.normal(0, 1.5, 4)
-        bumps = heights[:, None] * np.exp(-((grid[None] - centers[:, None]) ** 2) / widths[:, None] ** 2)
+        bumps = heights[:, None] * np.exp(
+            -((grid[None] - centers[:, None]) ** 2) / widths[:, None] ** 2
+        )
         return bumps.sum(0)
 
     base = prototype()  # what the classes share; each adds a smaller bump pattern of its own
@@ -162,12 +164,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 trials, tune.timeout_s=20")
     parser.add_argument("--archs", nargs="*", default=[], help="also the new defaults, arch fixed")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-defaults", action="store_true", help="only the --archs columns")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     budget = ["tune.n_trials=2", "tune.timeout_s=20"] if args.quick else []
     common = ["tune.storage=memory", "validate.min_rows=20", *budget]
-    cols = ["old", "new", *[f"new/{a}" for a in args.archs]]
+    cols = [*([] if args.no_defaults else ["old", "new"]), *[f"new/{a}" for a in args.archs]]
     print(f"cores: {os.cpu_count()}, load: {os.getloadavg()[0]:.1f}; {' '.join(budget) or 'full'}")
     header = f"{'case':<12}{'1NN-ED':>8}{'1NN-DTW':>9}" + "".join(f"{c:>22}" for c in cols)
     print(header)
