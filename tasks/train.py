@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -50,6 +51,7 @@ class TrainResult:
     epochs: int
     best_epoch: int
     resumed_from_epoch: int | None
+    steps: int = 0  # optimizer steps taken (the budget: models.training)
 
 
 def tuned_config(cfg: Config) -> Config:
@@ -57,6 +59,41 @@ def tuned_config(cfg: Config) -> Config:
     path = Path(cfg.paths.best_params)
     tuned = read_json(path)["params"] if path.is_file() else {}
     return cfg.with_values(tuned) if tuned else cfg
+
+
+def tuned_cv(cfg: Config) -> dict[str, Any] | None:
+    """The cross-validation record of the tuned trial (best_params.json "cv"), if tune used CV.
+
+    With it, train fits train+validation for the tuned number of steps, without early stopping
+    (the validation split was too small to choose a model on; models.cv scored the folds).
+    """
+    path = Path(cfg.paths.best_params)
+    return read_json(path).get("cv") if path.is_file() else None
+
+
+def train_budget(cfg: Config, info: dict[str, Any]) -> Any:
+    """The training budget (models.training.Budget) for the processed data and `train.*`."""
+    from models.training import budget, fixed_budget
+
+    t, counts = cfg.train, info["counts"]
+    cv = tuned_cv(cfg)
+    if cv:
+        n = int(counts["train"]) + int(counts.get("val", 0))
+        return fixed_budget(n, t.batch_size, int(cv["steps"]), t.max_epochs)
+    world = t.devices if launched_rank() is not None or t.devices > 1 else 1
+    return budget(
+        int(counts["train"]), t.batch_size, t.max_epochs, t.min_steps, t.max_steps, world
+    )
+
+
+def trial_budget(cfg: Config, info: dict[str, Any]) -> Any:
+    """A tuning trial's budget (`tune.max_epochs`, `tune.min_steps`, `tune.max_steps`)."""
+    from models.training import budget
+
+    t = cfg.tune
+    return budget(
+        int(info["counts"]["train"]), cfg.train.batch_size, t.max_epochs, t.min_steps, t.max_steps
+    )
 
 
 def data_info(processed_dir: str | Path) -> dict[str, Any]:
@@ -312,10 +349,16 @@ def _open_run(cfg: Config, parent_run_id: str | None, resume_run: str | None) ->
     )
 
 
-def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list]:
-    """Seeded module, DataModule and callbacks (best, last, early stop), as every rank builds."""
+def _fit_parts(
+    cfg: Config, info: dict[str, Any], ckpt_dir: Path | None = None
+) -> tuple[Any, Any, list, Any]:
+    """Seeded module, DataModule, callbacks (best, last, early stop), budget: as every rank.
+
+    After cross-validated tuning: train+validation, the tuned steps, no early stopping.
+    """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from torch.utils.data import ConcatDataset
 
     from models.datamodule import DataModule
     from models.metrics import VAL_LOSS
@@ -323,18 +366,26 @@ def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list]:
     from tasks.testhook import pause_point
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = build_module(cfg, info, cfg.train.max_epochs)
-    dm = DataModule(cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed)
-    ckpt_dir = Path(cfg.paths.checkpoint_dir)
+    b = train_budget(cfg, info)
+    module = build_module(cfg, info, b.epochs)
+    dm = DataModule(
+        cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed, repeats=b.repeats
+    )
+    ckpt_dir = ckpt_dir or Path(cfg.paths.checkpoint_dir)
+    # every epoch: `save_last=True` writes only in epochs that improve val/loss (Lightning 2.6)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False)
+    if tuned_cv(cfg):
+        dm.setup()
+        dm.datasets["train"] = ConcatDataset([dm.datasets["train"], dm.datasets["val"]])
+        return module, dm, [last], b  # no validation to choose on: the best is the last
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename=BEST, monitor=VAL_LOSS, mode="min"),
-        # every epoch: `save_last=True` writes only in epochs that improve val/loss (Lightning 2.6)
-        ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False),
+        last,
         EarlyStopping(monitor=VAL_LOSS, mode="min", patience=cfg.train.patience),
         # faults: per-epoch progress on the logger "dlops"; the test hook (tasks/testhook.py)
         Progress("train", after_first_epoch=functools.partial(pause_point, "train")),
     ]
-    return module, dm, callbacks
+    return module, dm, callbacks, b
 
 
 def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> TrainResult:
@@ -356,7 +407,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
     if last is None:
         close_killed_run(ckpt_dir)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    module, dm, callbacks = _fit_parts(cfg, info)
+    module, dm, callbacks, b = _fit_parts(cfg, info)
 
     run_id = _open_run(cfg, parent_run_id, resume_run)
     resumed_epoch = None
@@ -365,7 +416,15 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             _log_inputs(cfg, run_id)
             tracking.log_params(
                 run_id,
-                {"arch": cfg.arch, "task": info["task"], "modality": info["modality"]},
+                {
+                    "arch": cfg.arch,
+                    "task": info["task"],
+                    "modality": info["modality"],
+                    "budget.epochs": b.epochs,
+                    "budget.repeats": b.repeats,
+                    "budget.steps": b.total_steps,
+                    "budget.train_on": "train+val" if tuned_cv(cfg) else "train",
+                },
             )
         else:
             tracking.client().set_tag(run_id, "dlops.resumed_from", str(last))
@@ -381,7 +440,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             log_model=False,
         )
         ckpt = callbacks[0]
-        trainer = make_trainer(cfg, cfg.train.max_epochs, callbacks, logger=logger)
+        trainer = make_trainer(cfg, b.epochs, callbacks, logger=logger, max_steps=b.max_steps)
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
         best_path = Path(ckpt.best_model_path or ckpt_dir / f"{BEST}.ckpt")
         state = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -393,8 +452,18 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
         best_epoch = int(state["epoch"])
         # under ddp_spawn this process's trainer does not count the epochs: last.ckpt does
         last_ckpt = ckpt_dir / f"{LAST}.ckpt"
-        epochs = int(torch.load(last_ckpt, weights_only=True, mmap=True)["epoch"]) + 1
+        last_state = torch.load(last_ckpt, weights_only=True, mmap=True)
+        epochs, steps = int(last_state["epoch"]) + 1, int(last_state["global_step"])
         module.net.load_state_dict(net_state)
+        if cfg.train.ensemble > 1:
+            from models.networks import Ensemble
+
+            members = [module.net]
+            with tempfile.TemporaryDirectory(dir=ckpt_dir) as tmp:
+                for i in range(1, cfg.train.ensemble):
+                    members.append(_fit_member(cfg, info, i, Path(tmp) / f"member-{i}"))
+            module.net = Ensemble(members, info["task"])
+            net_state = module.net.state_dict()
         # re-score the best epoch in this process, without the logger (one point per epoch)
         with single_process() if rank is not None else contextlib.nullcontext():
             scorer = make_trainer(
@@ -419,10 +488,12 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
                     "task": info["task"],
                     "modality": info["modality"],
                     "spec": module.spec.to_dict(),
+                    "ensemble": cfg.train.ensemble,
                     "hyperparameters": dict(module.hparams),
                     "batch_size": cfg.train.batch_size,
                     "mlflow_run_id": run_id,
                     "best_epoch": best_epoch,
+                    "steps": steps,
                 },
             )
         result = TrainResult(
@@ -434,6 +505,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             epochs=epochs,
             best_epoch=best_epoch,
             resumed_from_epoch=resumed_epoch,
+            steps=steps,
         )
         write_json(
             cfg.paths.train_metrics,
@@ -442,9 +514,14 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
                 f"best_{metric_name.replace('/', '_')}": result.best_val_metric,
                 "epochs": result.epochs,
                 "best_epoch": result.best_epoch,
+                "steps": steps,
             },
         )
         c = tracking.client()
+        cv = tuned_cv(cfg)
+        if cv:  # the validation split was trained on: the honest estimate is the CV score
+            c.log_metric(run_id, "cv/val_loss", float(cv["value"]))
+            c.set_tag(run_id, "dlops.val_in_training", "true")
         c.log_metric(run_id, "best/val_loss", result.best_val_loss)
         c.log_metric(run_id, f"best/{metric_name}", result.best_val_metric)
         c.log_metric(run_id, "best/epoch", best_epoch)
@@ -456,14 +533,29 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
     return result
 
 
+def _fit_member(cfg: Config, info: dict[str, Any], i: int, ckpt_dir: Path) -> Any:
+    """Ensemble member i: the same fit with seed + i, its best network (no MLflow, no files)."""
+    import torch
+
+    member_cfg = cfg.with_values({"seed": cfg.seed + i})
+    module, dm, callbacks, b = _fit_parts(member_cfg, info, ckpt_dir)
+    trainer = make_trainer(member_cfg, b.epochs, callbacks, max_steps=b.max_steps)
+    trainer.fit(module, datamodule=dm)
+    state = torch.load(callbacks[0].best_model_path, map_location="cpu", weights_only=True)
+    module.net.load_state_dict(
+        {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    )
+    return module.net.eval()
+
+
 def _worker(cfg: Config, info: dict[str, Any], resume: bool) -> TrainResult:
     """A non-zero rank under torchrun or SLURM: the same fit, no MLflow run, no files."""
     from models.metrics import HEADLINE
 
     last, _ = resumable(cfg, lambda _: None) if resume else (None, None)
     # the same callbacks as rank zero (their state is synchronized), which alone writes files
-    module, dm, callbacks = _fit_parts(cfg, info)
-    trainer = make_trainer(cfg, cfg.train.max_epochs, callbacks)
+    module, dm, callbacks, b = _fit_parts(cfg, info)
+    trainer = make_trainer(cfg, b.epochs, callbacks, max_steps=b.max_steps)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
     nan = float("nan")
     metric = HEADLINE[info["task"]]["val"]

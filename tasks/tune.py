@@ -21,9 +21,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tasks import optuna_storage, tracking, tune_study
+from tasks import cv, optuna_storage, tracking, tune_study
 from tasks.config import Choices, Config, FloatRange, IntRange
-from tasks.train import build_module, data_info, make_trainer
+from tasks.train import build_module, data_info, make_trainer, trial_budget
 from tasks.tune_workers import Launcher, WorkerSpec, check_workers, die_with_parent, launch_local
 from tasks.utils import write_json
 
@@ -62,7 +62,7 @@ def suggest(trial: Any, cfg: Config) -> dict[str, Any]:
     `model.arch` is drawn first; `model.<arch>.*` dimensions are drawn only when that arch is the
     trial's (conditional parameters: an LSTM's hidden size only for RNNs).
     """
-    space = cfg.tune.space
+    space = cfg.search_space()
     params: dict[str, Any] = {}
     if "model.arch" in space:
         params["model.arch"] = _draw(trial, "model.arch", space["model.arch"])
@@ -95,6 +95,7 @@ class TrialData:
     dm: Any
     info: dict[str, Any]
     headline: str
+    use_cv: bool = False  # a small validation split: trials scored by k-fold CV (tasks.cv)
 
     @classmethod
     def load(cls, cfg: Config) -> TrialData:
@@ -108,7 +109,7 @@ class TrialData:
         dm = DataModule(cfg.paths.processed_dir, seed=cfg.seed)
         dm.setup()
         info = data_info(cfg.paths.processed_dir)
-        return cls(dm, info, HEADLINE[info["task"]]["val"])
+        return cls(dm, info, HEADLINE[info["task"]]["val"], cv.needed(cfg, info))
 
 
 def objective(
@@ -123,7 +124,6 @@ def objective(
     from models.progress import Progress
     from tasks.testhook import pause_point
 
-    t = cfg.tune
     values = suggest(trial, cfg)
     trial_cfg = cfg.with_values(values)
     trial_run = tracking.start_run(
@@ -135,20 +135,25 @@ def objective(
     trial.set_user_attr(tune_study.RUN_ATTR, trial_run)  # an orphan's run is ended FAILED
     c = tracking.client()
     tracking.log_params(trial_run, {**values, "arch": trial_cfg.arch})
+    if data.use_cv:  # k-fold CV inside train; cv.run_trial logs and ends the trial's run
+        seed = cfg.seed + trial.number
+        return cv.run_trial(trial, trial_cfg, data.info, data.dm, trial_run, seed)
     L.seed_everything(cfg.seed + trial.number, workers=True, verbose=False)
-    data.dm.batch_size = trial_cfg.train.batch_size
-    module = build_module(trial_cfg, data.info, t.max_epochs)
+    b = trial_budget(trial_cfg, data.info)
+    data.dm.batch_size, data.dm.repeats = trial_cfg.train.batch_size, b.repeats
+    module = build_module(trial_cfg, data.info, b.epochs)
     pruning = PyTorchLightningPruningCallback(trial, monitor=VAL_LOSS)
     # one process per trial: parallelism is across trials (workers), not inside one
     # per-epoch progress on the logger "dlops"; the test hook pauses after the first epoch
     progress = Progress(f"tune trial {trial.number}", "tune", partial(pause_point, "tune"))
     trainer = make_trainer(
         trial_cfg,
-        t.max_epochs,
+        b.epochs,
         [pruning, progress],
         enable_checkpointing=False,
         devices=1,
         strategy="auto",
+        max_steps=b.max_steps,
     )
     state = "COMPLETE"
     try:
@@ -173,6 +178,13 @@ def objective(
     return float(trainer.callback_metrics[VAL_LOSS])
 
 
+def pruner(cfg: Config) -> Any:
+    """The study's pruner; under k-fold CV a trial reports folds x epochs steps."""
+    t = cfg.tune
+    folds = t.cv_folds if cv.needed(cfg, data_info(cfg.paths.processed_dir)) else 1
+    return make_pruner(t.pruner, t.max_epochs * folds)
+
+
 def sampler(cfg: Config, index: int) -> Any:
     """TPE seeded per worker (the same seed would draw the same points in every worker)."""
     import optuna
@@ -192,7 +204,7 @@ def work(spec: WorkerSpec, index: int, storage: optuna_storage.StudyStorage | No
         study_name=spec.study,
         storage=storage.open(),
         sampler=sampler(cfg, index),
-        pruner=make_pruner(cfg.tune.pruner, cfg.tune.max_epochs),
+        pruner=pruner(cfg),
     )
     return _trials(study, cfg, spec, storage)
 
@@ -265,7 +277,7 @@ def run(
         opened,
         storage.lock(name),
         sampler(cfg, 0),
-        make_pruner(t.pruner, t.max_epochs),
+        pruner(cfg),
         end_orphan_run,
     )
     study = found.study
@@ -349,6 +361,8 @@ def _summarize(
             "n_failed": n_failed,
             "n_orphaned": orphaned,
             "warm_start_from": found.warm_start_from,
+            # cross-validated (small validation split): what train fits on train+val
+            "cv": best.user_attrs.get(cv.CV_ATTR),
         },
     )
     c = tracking.client()
