@@ -37,7 +37,14 @@ RUN_ATTR = "mlflow.run_id"  # its nested MLflow run
 ORPHANED_ATTR = "orphaned"
 # train keys that do not change a trial's result (the budget and placement are tune's own).
 NOT_DEFINING_TRAIN = (
-    "max_epochs", "min_steps", "max_steps", "patience", "devices", "strategy", "threads", "ensemble"
+    "max_epochs",
+    "min_steps",
+    "max_steps",
+    "patience",
+    "devices",
+    "strategy",
+    "threads",
+    "ensemble",
 )
 
 
