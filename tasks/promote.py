@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks import tracking
+from tasks import ledger, tracking
 from tasks.config import LOWER_IS_BETTER, Config, ConfigError, load_config, require_task
 
 if TYPE_CHECKING:
@@ -283,6 +283,18 @@ def run(cfg: Config, name: str, version: str) -> PromoteResult:
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    ledger.record(
+        client,
+        name,
+        ledger.PROMOTE if promoted else ledger.KEEP,
+        champion,
+        version if promoted else champion,
+        reason,
+        judged=version,
+        metric=metric,
+        new_score=new_score,
+        champion_score=champion_score,
+    )
     return PromoteResult(
         promoted=promoted,
         reason=reason,

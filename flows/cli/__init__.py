@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "flows.cli.run",
     "flows.cli.deploy",
     "flows.cli.suite",
+    "flows.cli.serve",
 )
 
 __all__ = ["build_parser", "configure_environment", "find_project_root", "main"]
