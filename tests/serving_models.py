@@ -152,3 +152,78 @@ def model_input(kind: str, x: Any) -> pd.DataFrame:
     if kind == "images":
         return pd.DataFrame({IMAGE: [encode_png(img) for img in x]})
     return to_model_input(kind, x)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`dlops serve` in its own process group on 127.0.0.1; `stop()` ends the whole group."""
+
+    def __init__(self, name: str, tracking_uri: str, log: Path, *args: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_REGISTRY_URI"}
+        env.update(MLFLOW_TRACKING_URI=tracking_uri, PYTHONPATH=str(REPO))
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve", "--model", name]
+            + ["--port", str(self.port), *args],
+            cwd=REPO,
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers share the group: stop() reaches them all
+        )
+
+    def wait(self, path: str = "/health", timeout: float = 120, status: int = 200) -> Any:
+        """Poll `path` until it answers `status`; the last response."""
+        import time
+
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                r = requests.get(self.url + path, timeout=5)
+                if r.status_code == status:
+                    return r
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"{path} never answered {status}: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        """SIGTERM to the group (a graceful LitServe shutdown), SIGKILL what is left."""
+        import os
+        import signal
+        import subprocess
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
