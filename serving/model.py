@@ -7,6 +7,7 @@ preprocessing, `forward` one pass of the network over the rows of many requests 
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ def load(tracking_uri: str, name: str, alias: str, version: str | None = None) -
     """Load the version `alias` points to (or `version`) as its pyfunc; NoModelError if none."""
     import mlflow
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not on stderr
     version = version or alias_version(tracking_uri, name, alias)
     if version is None:
         raise NoModelError(f"no models:/{name}@{alias} in the registry yet")
