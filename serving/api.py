@@ -35,8 +35,8 @@ class Item:
     frame: Any = None
     rows: int = 0
     error: RequestError | None = None
-    out: Any = None
-    model: Any = None  # the model that computed `out`
+    out: Any = None  # the request's predictions (records)
+    model: Any = None  # the model that computed them
 
 
 @dataclass
@@ -55,10 +55,14 @@ class DlopsAPI(ls.LitAPI):
     """Serves the registered model an alias points to; follows the alias."""
 
     def __init__(self, settings: Settings) -> None:
+        from serving.loop import GreedyBatchedLoop
+
+        batched = settings.max_batch_size > 1
         super().__init__(
             max_batch_size=settings.max_batch_size,
-            batch_timeout=settings.batch_timeout if settings.max_batch_size > 1 else 0.0,
+            batch_timeout=settings.batch_timeout if batched else 0.0,
             api_path="/invocations",
+            loop=GreedyBatchedLoop() if batched else "auto",
         )
         self.settings = settings
 
@@ -143,24 +147,25 @@ class DlopsAPI(ls.LitAPI):
     def batch(self, inputs: list[Item]) -> Batch:
         """Preprocess each request with one model; concatenate the good ones."""
         from models.preprocessing import InputError
-        from serving.model import prepare
+        from serving.model import prepare_many
 
         model = self.model
-        parts = []
         for item in inputs:
             item.model = model
-            if item.error is not None:
-                continue
-            try:
-                parts.append(prepare(model, item.frame))
-            except InputError as exc:
-                item.error = RequestError(str(exc), 400, "bad_input")
+        todo = [item for item in inputs if item.error is None]
+        parts = []
+        for item, x in zip(todo, prepare_many(model, [i.frame for i in todo]), strict=True):
+            if isinstance(x, InputError):
+                item.error = RequestError(str(x), 400, "bad_input")
+            else:
+                parts.append(x)
         x = np.concatenate(parts) if parts else None
         return Batch(model=model, items=list(inputs), x=x)
 
     def predict(self, batch: Any) -> Batch:
         """One forward pass over every good row of the batch."""
-        from serving.model import forward
+        from serving.model import forward, outputs_frame
+        from serving.scoring import records
 
         if isinstance(batch, Item):  # max_batch_size 1: LitServe skips batch()/unbatch()
             batch = self.batch([batch])
@@ -168,9 +173,11 @@ class DlopsAPI(ls.LitAPI):
         good = [item for item in batch.items if item.error is None]
         if batch.x is not None and len(batch.x):
             out = forward(batch.model, batch.x)
+            # one output frame for the batch, its records split per request
+            rows = records(outputs_frame(batch.model, out))
             start = 0
             for item in good:
-                item.out = out[start : start + item.rows]
+                item.out = rows[start : start + item.rows]
                 start += item.rows
             self.metrics.batch_size.observe(len(good))
             self.metrics.batch_rows.observe(len(batch.x))
@@ -184,9 +191,6 @@ class DlopsAPI(ls.LitAPI):
         """`{"predictions": [...]}` as mlflow models serve answers, or a one-line 4xx error."""
         from fastapi.responses import JSONResponse
 
-        from serving.model import outputs_frame
-        from serving.scoring import records
-
         item, model = output, output.model
         if item.error is not None:
             return JSONResponse(
@@ -194,8 +198,7 @@ class DlopsAPI(ls.LitAPI):
                 status_code=item.error.status,
                 headers={ERROR_HEADER: item.error.kind},
             )
-        frame = outputs_frame(model, item.out)
         return JSONResponse(
-            {"predictions": records(frame)},
+            {"predictions": item.out},
             headers={"x-dlops-model-version": model.version},
         )

@@ -142,6 +142,29 @@ def prepare(model: ServedModel, frame: pd.DataFrame) -> np.ndarray:
         raise exc from None
 
 
+def prepare_many(model: ServedModel, frames: list[pd.DataFrame]) -> list[np.ndarray | InputError]:
+    """Several requests' rows -> each one's network input, or the error that request gets.
+
+    One preprocessing call for all of them when their columns agree and every row is good (the
+    hot path); request by request otherwise, so that a bad request fails alone.
+    """
+    if len(frames) > 1 and len({tuple(f.columns) for f in frames}) == 1:
+        try:
+            x = _transform(model.predictor.preprocessor, pd.concat(frames, ignore_index=True))
+        except InputError:
+            pass
+        else:
+            bounds = np.cumsum([len(f) for f in frames])[:-1]
+            return list(np.split(x, bounds))
+    out: list[np.ndarray | InputError] = []
+    for frame in frames:
+        try:
+            out.append(prepare(model, frame))
+        except InputError as exc:
+            out.append(exc)
+    return out
+
+
 def _transform(pre: Any, frame: pd.DataFrame) -> np.ndarray:
     try:
         return pre.transform(from_model_input(pre, frame))

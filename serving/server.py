@@ -202,6 +202,7 @@ def serve(settings: Settings) -> None:
             devices=1,
             workers_per_device=settings.workers,
             timeout=settings.timeout_s,
+            fast_queue=settings.fast_queue,
             healthcheck_path="/health",
             middlewares=[
                 (

@@ -28,12 +28,13 @@ class Settings:
     workers: int = 1  # inference processes (LitServe workers_per_device)
     api_servers: int | None = None  # HTTP processes (None: one per worker)
     max_batch_size: int = 64
-    batch_timeout: float = 0.005  # seconds a batch waits to fill up
+    batch_timeout: float = 0.005  # seconds a busy server waits to fill a batch
     threads: int = 1  # torch intra-op threads per worker
     poll_s: float = 5.0  # how often a worker checks where the alias points
     max_rows: int = 1024  # rows in one request (more: 413)
     max_body_bytes: int = 20_000_000  # bytes in one request (more: 413)
     timeout_s: float = 30.0  # a request waiting longer in the queue gets a 504
+    fast_queue: bool = True  # LitServe's ZeroMQ transport for responses
     accelerator: str = "cpu"
     state_dir: str = ""
 

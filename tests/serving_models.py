@@ -59,7 +59,9 @@ def tiny_data(kind: str, seed: int = 0) -> TinyData:
     return TinyData(kind, x[:160], y[:160], x[160:], y[160:])
 
 
-def write_train_dir(kind: str, folder: Path, steps: int = 25, seed: int = 0) -> TinyData:
+def write_train_dir(
+    kind: str, folder: Path, steps: int = 25, seed: int = 0, spec: dict | None = None
+) -> TinyData:
     """folder/model.pt, model.json, preprocessor.json as tasks.train writes them."""
     import torch
 
@@ -83,10 +85,10 @@ def write_train_dir(kind: str, folder: Path, steps: int = 25, seed: int = 0) -> 
         pre = SequencePreprocessor.fit(data.x_train[:, :, None], target)
     spec = NetSpec.from_dict(
         {
-            **SPECS[kind],
+            "dropout": 0.0,
+            **(spec or SPECS[kind]),
             "input_shape": list(pre.input_shape),
             "n_outputs": len(classes),
-            "dropout": 0.0,
         }
     )
     torch.manual_seed(seed)
@@ -116,6 +118,7 @@ def register(
     steps: int = 25,
     seed: int = 0,
     tags: dict[str, str] | None = None,
+    spec: dict | None = None,
 ) -> tuple[str, TinyData]:
     """Train, log as the dlops pyfunc, register under `name` (alias set); (version, data)."""
     import mlflow
@@ -126,7 +129,7 @@ def register(
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     train_dir = work / f"train-{kind}-{seed}-{steps}"
-    data = write_train_dir(kind, train_dir, steps=steps, seed=seed)
+    data = write_train_dir(kind, train_dir, steps=steps, seed=seed, spec=spec)
     exp = client.get_experiment_by_name("serving-tests")
     exp_id = (
         exp.experiment_id
