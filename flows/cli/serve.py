@@ -1,4 +1,4 @@
-"""`dlops serve`, `rollback`, `history`, `predict`: the champion online, moved back, in batch.
+"""`dlops serve`, `rollback`, `history`, `predict`, `drift`: the champion online and in batch.
 
 The server and batch inference live in `serving/` (LitServe, the registered model's own code);
 these commands read params.yaml's `serve:` section and the registry's ledger (tasks.ledger).
@@ -160,6 +160,52 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Drift of --input against the training split; exit 1 above --max-share."""
+    from pathlib import Path
+
+    from tasks.config import ConfigError
+
+    try:
+        cfg = _config(args)
+    except ConfigError as exc:
+        print(f"dlops: {exc}", file=sys.stderr)
+        return 2
+    _tracking_env()
+    from serving import drift
+    from serving.settings import tracking_uri
+    from tasks import tracking
+
+    tracking.experiment_id(drift.EXPERIMENT)  # created where this project keeps artifacts
+    name, _, alias = (args.model or cfg.model_name).partition("@")
+    reference = args.reference or str(Path(cfg.paths.processed_dir) / "train.parquet")
+    try:
+        r = drift.run(
+            tracking_uri(),
+            name,
+            alias or "champion",
+            reference,
+            args.input,
+            args.out,
+            max_share=args.max_share,
+        )
+    except drift.DriftError as exc:
+        print(f"dlops: {exc}", file=sys.stderr)
+        return 2
+    for column, c in r.columns.items():
+        mark = "DRIFT" if c["drifted"] else "ok"
+        print(
+            f"  {column:<24} {mark:<5} {c['method']} {c['score']:.4g} "
+            f"(threshold {c['threshold']:g})"
+        )
+    verdict = "drifted" if r.drifted else "no drift"
+    print(
+        f"drift: {verdict}: {r.share:.0%} of {len(r.columns)} columns drifted (max "
+        f"{args.max_share:.0%}) vs {reference}; {r.html}, {r.json}; MLflow run {r.run_id}"
+    )
+    return 1 if r.drifted else 0
+
+
 def _set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-S",
@@ -176,7 +222,7 @@ def _model(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `serve`, `rollback`, `history` and `predict`."""
+    """Add `serve`, `rollback`, `history`, `predict` and `drift`."""
     serve = sub.add_parser(
         "serve", help="serve models:/<name>@champion over HTTP (LitServe, dynamic batching)"
     )
@@ -220,3 +266,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--chunk-rows", type=int, default=4096, help="rows per forward pass")
     _set(predict)
     predict.set_defaults(func=cmd_predict)
+
+    drift = sub.add_parser(
+        "drift", help="drift of new input rows against the training split (Evidently, tables)"
+    )
+    drift.add_argument("--input", required=True, metavar="PATH", help="a .csv or .parquet table")
+    drift.add_argument(
+        "--reference", metavar="PATH", help="default: <paths.processed_dir>/train.parquet"
+    )
+    drift.add_argument("--model", help="NAME or NAME@ALIAS (its input columns are compared)")
+    drift.add_argument("--out", default="reports/drift", help="folder for drift.html, drift.json")
+    drift.add_argument(
+        "--max-share", type=float, default=0.5, help="share of drifted columns that fails (exit 1)"
+    )
+    _set(drift)
+    drift.set_defaults(func=cmd_drift)

@@ -268,3 +268,64 @@ def test_promote_writes_the_ledger(tmp_path, tiny_model, sqlite_mlflow):
     )
     assert entry["reason"].startswith("promoted: accuracy")
     assert json.dumps(entry)  # JSON-safe
+
+
+@pytest.mark.slow
+def test_drift_flags_a_shifted_table_and_passes_an_unshifted_one(workspace, capfd):
+    uri = f"sqlite:///{workspace / 'mlflow.db'}"
+    _, data = register("tables", "drift-wine", uri, workspace)
+    data.x_train.to_parquet(workspace / "train.parquet")
+    data.x_test.to_csv(workspace / "same.csv", index=False)
+    shifted = data.x_test.copy()
+    numeric = [c for c in shifted.columns if c != "grade"]
+    shifted[numeric] = shifted[numeric] * 3 + 10
+    shifted.to_csv(workspace / "shifted.csv", index=False)
+
+    def drift(src: str, out: str) -> tuple[int, str]:
+        capfd.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(
+                [
+                    "drift",
+                    "--model",
+                    "drift-wine",
+                    "--input",
+                    str(workspace / src),
+                    "--reference",
+                    str(workspace / "train.parquet"),
+                    "--out",
+                    out,
+                ]
+            )
+        return exc.value.code, capfd.readouterr().out
+
+    code, out = drift("same.csv", "reports/same")
+    assert code == 0 and "drift: no drift: " in out
+    code, out = drift("shifted.csv", "reports/shifted")
+    assert code == 1 and "drift: drifted: " in out
+    report = json.loads((workspace / "reports/shifted/drift.json").read_text())
+    assert all(report["columns"][c]["drifted"] for c in numeric)
+    assert report["share_drifted"] >= 5 / 6 and report["drifted"] is True
+    assert (workspace / "reports/shifted/drift.html").read_text().lstrip().startswith("<")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("dlops-drift")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [r.data.tags["dlops.drifted"] for r in runs] == ["False", "True"]
+    assert runs[1].data.metrics["drift/share"] == report["share_drifted"]
+    names = {a.path for a in client.list_artifacts(runs[1].info.run_id, "drift")}
+    assert names == {"drift/drift.html", "drift/drift.json"}
+
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "drift",
+                "--model",
+                "drift-wine",
+                "--input",
+                str(workspace / "nope.csv"),
+                "--reference",
+                str(workspace / "train.parquet"),
+            ]
+        )
+    assert exc.value.code == 2
+    assert capfd.readouterr().err.strip() == f"dlops: {workspace / 'nope.csv'}: no such file"
