@@ -716,6 +716,19 @@ class PromoteConfig(_Frozen):
         return {"r2": 0.3}.get(metric, None if metric in LOWER_IS_BETTER else 0.9)
 
 
+class ServeConfig(_Frozen):
+    """`dlops serve`: dynamic batching, processes and limits (the model follows @champion)."""
+
+    max_batch_size: int = Field(64, ge=1)
+    batch_timeout: float = Field(0.005, ge=0, le=1)
+    workers: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1)
+    poll_s: float = Field(5.0, gt=0)
+    max_rows: int = Field(1024, ge=1)
+    max_body_bytes: int = Field(20_000_000, ge=1)
+    timeout_s: float = Field(30.0, gt=0)
+
+
 CLASSIFICATION_METRICS = HIGHER_IS_BETTER[:-1]
 REGRESSION_METRICS = ("r2", "rmse", "mae")
 
@@ -733,6 +746,7 @@ class Config(_Frozen):
     train: TrainConfig = TrainConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     promote: PromoteConfig = PromoteConfig()
+    serve: ServeConfig = ServeConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks import tracking
+from tasks import ledger, tracking
 from tasks.config import LOWER_IS_BETTER, Config, ConfigError, require_task
 from tasks.testhook import pause_point
 
@@ -308,6 +308,19 @@ def run(cfg: Config, name: str, version: str) -> PromoteResult:
         client.set_model_version_tag(name, version, key, value)
     pause_point("promote")  # test hook: killed here, the champion must not have moved
     _move_aliases(client, name, version, promoted)
+    # the history `dlops rollback` reads (after the move: it records what happened)
+    ledger.record(
+        client,
+        name,
+        ledger.PROMOTE if promoted else ledger.KEEP,
+        champion,
+        version if promoted else champion,
+        reason,
+        judged=version,
+        metric=metric,
+        new_score=new_score,
+        champion_score=champion_score,
+    )
     return PromoteResult(
         promoted=promoted,
         reason=reason,

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "flows.cli.suite",
     "flows.cli.server",
     "flows.cli.dashboard",
+    "flows.cli.serve",
 )
 
 __all__ = ["build_parser", "configure_environment", "find_project_root", "main"]
