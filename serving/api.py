@@ -152,9 +152,10 @@ class DlopsAPI(ls.LitAPI):
         model = self.model
         for item in inputs:
             item.model = model
-        todo = [item for item in inputs if item.error is None]
+        todo = [item for item in inputs if item.error is None]  # none while no model is loaded
         parts = []
-        for item, x in zip(todo, prepare_many(model, [i.frame for i in todo]), strict=True):
+        prepared = prepare_many(model, [i.frame for i in todo]) if todo else []
+        for item, x in zip(todo, prepared, strict=True):
             if isinstance(x, InputError):
                 item.error = RequestError(str(x), 400, "bad_input")
             else:
