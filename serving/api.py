@@ -161,7 +161,22 @@ class DlopsAPI(ls.LitAPI):
             else:
                 parts.append(x)
         x = np.concatenate(parts) if parts else None
+        if self.settings.sample_rate > 0:
+            self._sample([item for item in todo if item.error is None])
         return Batch(model=model, items=list(inputs), x=x)
+
+    def _sample(self, items: list[Item]) -> None:
+        """Append a share of the served rows to the sink (JSON lines; for `dlops drift`)."""
+        import random
+
+        kept = [item.frame for item in items if random.random() < self.settings.sample_rate]
+        if not kept or not self.settings.sample_dir:
+            return
+        folder = Path(self.settings.sample_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        text = "".join(frame.to_json(orient="records", lines=True) + "\n" for frame in kept)
+        with open(folder / f"served-{self.worker}.jsonl", "a") as sink:
+            sink.write(text)
 
     def predict(self, batch: Any) -> Batch:
         """One forward pass over every good row of the batch."""
