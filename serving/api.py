@@ -152,15 +152,31 @@ class DlopsAPI(ls.LitAPI):
         model = self.model
         for item in inputs:
             item.model = model
-        todo = [item for item in inputs if item.error is None]
+        todo = [item for item in inputs if item.error is None]  # none while no model is loaded
         parts = []
-        for item, x in zip(todo, prepare_many(model, [i.frame for i in todo]), strict=True):
+        prepared = prepare_many(model, [i.frame for i in todo]) if todo else []
+        for item, x in zip(todo, prepared, strict=True):
             if isinstance(x, InputError):
                 item.error = RequestError(str(x), 400, "bad_input")
             else:
                 parts.append(x)
         x = np.concatenate(parts) if parts else None
+        if self.settings.sample_rate > 0:
+            self._sample([item for item in todo if item.error is None])
         return Batch(model=model, items=list(inputs), x=x)
+
+    def _sample(self, items: list[Item]) -> None:
+        """Append a share of the served rows to the sink (JSON lines; for `dlops drift`)."""
+        import random
+
+        kept = [item.frame for item in items if random.random() < self.settings.sample_rate]
+        if not kept or not self.settings.sample_dir:
+            return
+        folder = Path(self.settings.sample_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        text = "".join(frame.to_json(orient="records", lines=True) + "\n" for frame in kept)
+        with open(folder / f"served-{self.worker}.jsonl", "a") as sink:
+            sink.write(text)
 
     def predict(self, batch: Any) -> Batch:
         """One forward pass over every good row of the batch."""

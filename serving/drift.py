@@ -49,7 +49,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
         return pd.read_parquet(p)
     if suffix in (".csv", ".tsv"):
         return pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",")
-    raise DriftError(f"{p}: expected a .csv, .tsv or .parquet table")
+    if suffix == ".jsonl":  # the server's sample sink (serve.sample_rate)
+        return pd.read_json(p, lines=True)
+    raise DriftError(f"{p}: expected a .csv, .tsv, .parquet or .jsonl table")
 
 
 def compare(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> Any:

@@ -148,9 +148,16 @@ def prepare_many(model: ServedModel, frames: list[pd.DataFrame]) -> list[np.ndar
     One preprocessing call for all of them when their columns agree and every row is good (the
     hot path); request by request otherwise, so that a bad request fails alone.
     """
+    pre = model.predictor.preprocessor
     if len(frames) > 1 and len({tuple(f.columns) for f in frames}) == 1:
         try:
-            x = _transform(model.predictor.preprocessor, pd.concat(frames, ignore_index=True))
+            if pre.kind == "tables":
+                x = _transform(pre, pd.concat(frames, ignore_index=True))
+            else:  # one column: its cells, as the pyfunc takes a list (no frame to build)
+                column = model.columns[0]
+                if column not in frames[0].columns:
+                    raise InputError(f"no {column!r} column")
+                x = _transform(pre, [v for f in frames for v in f[column]])
         except InputError:
             pass
         else:
@@ -165,7 +172,7 @@ def prepare_many(model: ServedModel, frames: list[pd.DataFrame]) -> list[np.ndar
     return out
 
 
-def _transform(pre: Any, frame: pd.DataFrame) -> np.ndarray:
+def _transform(pre: Any, frame: Any) -> np.ndarray:
     try:
         return pre.transform(from_model_input(pre, frame))
     except InputError:

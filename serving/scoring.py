@@ -135,5 +135,11 @@ def _frame(rows: list[list[Any]], columns: list[str]) -> pd.DataFrame:
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """An output frame as MLflow's `predictions` (records of native Python values)."""
-    return frame.to_dict(orient="records")
+    """An output frame as MLflow's `predictions` (records of native Python values).
+
+    The same values as `frame.to_dict(orient="records")`, built column-wise (several times
+    faster: the server formats every batch's outputs with it).
+    """
+    columns = [str(c) for c in frame.columns]
+    values = [frame[c].tolist() for c in frame.columns]
+    return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]

@@ -34,6 +34,8 @@ class Settings:
     max_rows: int = 1024  # rows in one request (more: 413)
     max_body_bytes: int = 20_000_000  # bytes in one request (more: 413)
     timeout_s: float = 30.0  # a request waiting longer in the queue gets a 504
+    sample_rate: float = 0.0  # share of served requests whose rows go to the sample sink
+    sample_dir: str = ""  # the sink: served-<worker>.jsonl files (for `dlops drift`)
     fast_queue: bool = True  # LitServe's ZeroMQ transport for responses
     accelerator: str = "cpu"
     state_dir: str = ""

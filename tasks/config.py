@@ -727,6 +727,8 @@ class ServeConfig(_Frozen):
     max_rows: int = Field(1024, ge=1)
     max_body_bytes: int = Field(20_000_000, ge=1)
     timeout_s: float = Field(30.0, gt=0)
+    sample_rate: float = Field(0.0, ge=0, le=1)
+    sample_dir: str = Field("reports/served", min_length=1)  # relative: to the project root
 
 
 CLASSIFICATION_METRICS = HIGHER_IS_BETTER[:-1]

@@ -26,6 +26,8 @@ def _tracking_env() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve models:/<name>@<alias> until interrupted; follows the alias (hot swap)."""
+    from pathlib import Path
+
     from tasks.config import ConfigError
 
     try:
@@ -60,6 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_rows=s.max_rows,
         max_body_bytes=s.max_body_bytes,
         timeout_s=s.timeout_s,
+        sample_rate=s.sample_rate,
+        sample_dir=str(Path(s.sample_dir).resolve()),
     )
     if alias_version(tracking_uri(), settings.name, settings.alias) is None:
         print(

@@ -77,11 +77,12 @@ def assert_same(served: requests.Response, expected: pd.DataFrame) -> None:
 
 
 @pytest.mark.parametrize("kind", ["tables", "sequences"])
-def test_served_predictions_equal_the_pyfunc(store, serve, kind):
+def test_served_predictions_equal_the_pyfunc(store, serve, kind, tmp_path):
     uri, _, models = store
     name, data = models[kind]
     frame = model_input(kind, data.x_test[:12])
-    server = serve(name)
+    sink = tmp_path / "served"
+    server = serve(name, "-S", "serve.sample_rate=1", "-S", f"serve.sample_dir={sink}")
     server.wait("/ready")
 
     expected = offline(uri, name, frame)
@@ -108,6 +109,12 @@ def test_served_predictions_equal_the_pyfunc(store, serve, kind):
         missing = [{k: v for k, v in jsonable[0].items() if k != "grade"}]
         r = post(server, {"dataframe_records": missing})
         assert (r.status_code, r.json()) == (400, {"error": "missing input column: grade"})
+        # sample_rate 1: every served row (3 good requests of 12, none of the bad) in the sink
+        sampled = pd.read_json(sink / "served-0.jsonl", lines=True)
+        assert len(sampled) == 3 * 12 and list(sampled.columns) == list(frame.columns)
+        np.testing.assert_allclose(
+            sampled[frame.columns[0]].to_numpy(), np.tile(frame[frame.columns[0]], 3)
+        )
     else:
         r = post(server, {"inputs": [jsonable[0]["sequence"][:-3]]})
         assert r.status_code == 400
