@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS ?= true
 TORCH  := torch==2.13.0
 LOCK   := requirements.lock
 
-.PHONY: install lock run test test-fast lint format bench repro clean up down status
+.PHONY: install lock run test test-fast lint format bench repro clean up down status serve
 
 # torch first, pinned: the CPU build, so that no dependency resolves a CUDA build. Then the
 # project with every other package at the version CI tested (requirements.lock, constraints).
@@ -54,8 +54,13 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
+# The champion over HTTP on 127.0.0.1:8000 (after `make run`): ARGS="--port 8001 --workers 2".
+serve: install
+	$(BIN)/dlops serve $(ARGS)
+
+# every speed figure side by side (fresh clones of HEAD; ARGS=--quick for < 3 min); JSON in reports/
 bench: install
-	$(BIN)/python benchmarks/pipeline_time.py $(ARGS)
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 repro: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro

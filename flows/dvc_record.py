@@ -42,6 +42,7 @@ class Recorder:
         self.root = Path(root)
         self.repo: Any = None
         self._lock: Any = None
+        self._stages: dict[str, Any] | None = None
 
     def __enter__(self) -> Recorder:
         from dvc.lock import LockError
@@ -68,16 +69,31 @@ class Recorder:
 
     def stage(self, name: str) -> Any:
         """The stage as dvc.yaml and dvc.lock describe it now."""
-        self.repo._reset()  # dvc.lock may have changed since the last stage
-        (stage,) = self.repo.stage.collect(name)
-        return stage
+        if self._stages is None:  # dvc.yaml and dvc.lock parsed once, until a stage writes
+            self.repo._reset()
+            self._stages = {s.name: s for s in self.repo.index.stages}
+        if name not in self._stages:
+            self._stages = None
+            (stage,) = self.repo.stage.collect(name)  # DVC's own error for an unknown name
+            return stage
+        return self._stages[name]
 
-    def reproduce(self, name: str, fn: Callable[[], T]) -> tuple[Outcome, T | None]:
-        """Run `fn` as the body of stage `name` unless DVC says the stage is up to date."""
+    def reproduce(
+        self, name: str, fn: Callable[[], T], deterministic: bool = False
+    ) -> tuple[Outcome, T | None]:
+        """Run `fn` as the body of stage `name` unless DVC says the stage is up to date.
+
+        `deterministic`: this time the outputs follow from the stage's code and params alone
+        (ingest of a built-in set), so `always_changed` does not force a run.
+        """
         from dvc.stage.cache import RunCacheNotFoundError
 
         stage = self.stage(name)
-        if not stage.changed():
+        if deterministic and stage.always_changed:
+            changed = stage.changed_stage() or stage._changed_deps() or stage.changed_outs()
+        else:
+            changed = stage.changed()
+        if not changed:
             return Outcome.SKIPPED, None
         value: T | None = None
         try:
@@ -90,6 +106,7 @@ class Recorder:
         no_cache_outs = any(
             not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot)
         )
+        self._stages = None  # dvc.lock changes: the next stage reads it again
         stage.save(run_cache=not no_cache_outs)
         stage.commit()
         stage.dump(update_pipeline=False)

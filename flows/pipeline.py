@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ from prefect.cache_policies import NO_CACHE
 from flows import workspace
 from flows.dvc_record import Outcome, Recorder
 from tasks import tracking
-from tasks.config import PARAMS_FILE, Config, load_config
+from tasks.config import PARAMS_FILE, Config, load_config, require_task
 from tasks.redact import redact
+from tasks.testhook import pause_point
 from tasks.utils import read_json
 
 _recorder: contextvars.ContextVar[Recorder] = contextvars.ContextVar("dlops_recorder")
@@ -54,9 +56,9 @@ def _markdown(key: str, title: str, rows: dict[str, Any]) -> None:
     create_markdown_artifact(markdown="\n".join(lines), key=key, description=title)
 
 
-def _dvc_stage(name: str, fn: Any) -> tuple[StageReport, Any]:
+def _dvc_stage(name: str, fn: Any, deterministic: bool = False) -> tuple[StageReport, Any]:
     start = time.perf_counter()
-    outcome, value = _recorder.get().reproduce(name, fn)
+    outcome, value = _recorder.get().reproduce(name, fn, deterministic)
     report = StageReport(name, outcome.value, round(time.perf_counter() - start, 2))
     get_run_logger().info("stage %s: %s in %.1f s", name, outcome.value, report.seconds)
     return report, value
@@ -68,8 +70,12 @@ def ingest(cfg: Config) -> StageReport:
     from tasks import ingest as stage
     from tasks.sources import Manifest
 
-    report, _ = _dvc_stage("ingest", lambda: stage.run(cfg))
+    pause_point("ingest")
+    # a built-in set is a function of the code and params: no source to look at
+    report, _ = _dvc_stage("ingest", lambda: stage.run(cfg), cfg.data.source is None)
     m = Manifest.load(cfg.paths.raw_dir)
+    # the data told the task: train.* and promote.* must fit it, before anything is trained
+    require_task(cfg, m.task, cfg.data.shown_source or cfg.data.dataset)
     report.detail = {"rows": m.rows, "modality": m.modality, "task": m.task, "source": m.source}
     _markdown("ingest", f"ingest: {report.outcome}", report.detail)
     return report
@@ -85,6 +91,7 @@ def suite(cfg: Config, parent_run_id: str) -> StageReport:
     """
     from tasks.validate import DataValidationError, init_suite, suite_path
 
+    pause_point("suite")
     start = time.perf_counter()
     path = suite_path(cfg)
     if _deployment_run() and not path.is_file():
@@ -106,6 +113,7 @@ def validate(cfg: Config, parent_run_id: str) -> StageReport:
     """Great Expectations suite on the raw data; a failure stops the flow here."""
     from tasks import validate as stage
 
+    pause_point("validate")
     try:
         report, _ = _dvc_stage("validate", lambda: stage.run(cfg, mlflow_run_id=parent_run_id))
     except stage.DataValidationError as exc:
@@ -130,6 +138,7 @@ def preprocess(cfg: Config, parent_run_id: str) -> StageReport:
     """Clean, split, check leakage and fit the preprocessing (DVC out)."""
     from tasks import preprocess as stage
 
+    pause_point("preprocess")
     report, _ = _dvc_stage("preprocess", lambda: stage.run(cfg))
     r = stage.PreprocessResult.load(cfg)
     c = tracking.client()
@@ -180,12 +189,38 @@ def train(cfg: Config, parent_run_id: str) -> StageReport:
     return report
 
 
+def _model_run(cfg: Config) -> str:
+    """The training run that produced the model in `paths.train_dir` (its model.json)."""
+    return str(read_json(Path(cfg.paths.train_dir) / "model.json")["mlflow_run_id"])
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(cfg: Config) -> StageReport:
-    """Test metrics and plots."""
+def evaluate(cfg: Config, parent_run_id: str, trained_here: bool) -> StageReport:
+    """Test metrics and plots, logged to this run's training run.
+
+    When train did not run in this pipeline run (restored from DVC's run cache, or skipped),
+    its training run is an earlier run's: the metrics go to an `evaluate` run nested under this
+    parent instead, tagged with the training run that produced the model.
+    """
     from tasks import evaluate as stage
 
-    report, _ = _dvc_stage("evaluate", lambda: stage.run(cfg))
+    pause_point("evaluate")
+
+    def body() -> Any:
+        model_run = _model_run(cfg)
+        if trained_here:
+            return stage.run(cfg, log_run_id=model_run)
+        tags = {"dlops.stage": "evaluate", tracking.MODEL_RUN_TAG: model_run}
+        child = tracking.start_run(cfg.register_.experiment, "evaluate", parent_run_id, tags)
+        try:
+            result = stage.run(cfg, log_run_id=child)
+        except BaseException:
+            tracking.end_run(child, failed=True)
+            raise
+        tracking.end_run(child)
+        return result
+
+    report, _ = _dvc_stage("evaluate", body)
     report.detail = read_json(cfg.paths.metrics)
     _markdown("test-metrics", f"test metrics ({report.outcome})", report.detail)
     return report
@@ -193,15 +228,23 @@ def evaluate(cfg: Config) -> StageReport:
 
 @task(name="register", cache_policy=NO_CACHE)
 def register(
-    cfg: Config, parent_run_id: str, flow_run_id: str | None, ws: workspace.Workspace
+    cfg: Config,
+    parent_run_id: str,
+    flow_run_id: str | None,
+    ws: workspace.Workspace,
+    trained_here: bool,
 ) -> StageReport:
-    """Log the pyfunc and register a version with lineage tags (idempotent)."""
+    """Log the pyfunc and register a version with lineage tags (idempotent).
+
+    A model this run did not train (train restored or skipped) is logged into a `register` run
+    under this parent, never into the earlier run that trained it.
+    """
     from tasks import lineage
     from tasks import register as stage
 
     start = time.perf_counter()
     tags = lineage.collect(cfg, flow_run_id, overrides=list(ws.overrides))
-    r = stage.run(cfg, tags, parent_run_id=parent_run_id)
+    r = stage.run(cfg, tags, parent_run_id=parent_run_id, trained_here=trained_here)
     outcome = "ran" if r.created else "skipped"
     seconds = round(time.perf_counter() - start, 2)
     get_run_logger().info("register: %s version %s (%s)", r.name, r.version, outcome)
@@ -278,9 +321,10 @@ def _link(parent: str, flow_run_id: Any) -> None:
         client.update_flow_run(flow_run_id, tags=[*run.tags, f"mlflow-run:{parent}"])
 
 
-def _open_parent(cfg: Config, ws: workspace.Workspace, flow_run_id: Any) -> str:
+def _open_parent(cfg: Config, ws: workspace.Workspace, flow_run_id: Any, token: str) -> str:
     tags = {
         "dlops.stage": "pipeline",
+        tracking.TOKEN_TAG: token,
         "prefect.flow_run_id": str(flow_run_id),
         "dlops.overrides": redact(json.dumps(list(ws.overrides))),
         "dlops.workspace": str(ws.root),
@@ -290,6 +334,47 @@ def _open_parent(cfg: Config, ws: workspace.Workspace, flow_run_id: Any) -> str:
     if flow_run_id is not None:
         _link(parent, flow_run_id)
     return parent
+
+
+def _crash_flow_run(flow_run_id: str, message: str) -> bool:
+    """Set a killed run's Prefect flow run Crashed (it stays Running forever otherwise)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(flow_run_id)
+        except ObjectNotFound:  # recorded by another Prefect server (or its database is gone)
+            return False
+        if run.state is None or run.state.is_final():
+            return False
+        client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+    return True
+
+
+def _close_orphans(ws: workspace.Workspace, token: str, parent: str) -> list[str]:
+    """Close what runs killed in this workspace left open (MLflow runs, Prefect flow runs)."""
+    closed: list[str] = []
+    for dead in tracking.close_orphans(ws.root, token, by=parent):
+        closed += dead["closed"]
+        flow_run_id = dead.get("flow_run_id")
+        message = (
+            f"dlops: process {dead.get('pid')} on {dead.get('host')} was killed; its MLflow runs "
+            f"{', '.join(dead['closed']) or '(none open)'} marked FAILED by run {parent}"
+        )
+        crashed = bool(flow_run_id and flow_run_id != "None") and _crash_flow_run(
+            str(flow_run_id), message
+        )
+        get_run_logger().warning(
+            "a killed run (process %s) left this workspace: %d MLflow run(s) marked FAILED%s",
+            dead.get("pid"),
+            len(dead["closed"]),
+            f", flow run {flow_run_id} marked Crashed" if crashed else "",
+        )
+    if closed:
+        tracking.client().set_tag(parent, "dlops.closed_orphans", ",".join(closed))
+    return closed
 
 
 @flow(name="dlops-pipeline")
@@ -307,41 +392,64 @@ def pipeline(overrides: list[str] | None = None) -> dict[str, Any]:
             stack.callback(_recorder.reset, token)
             workspace.refresh(ws)
             cfg = load_config(PARAMS_FILE)  # the workspace's params.yaml: checkout + overrides
-            parent = _open_parent(cfg, ws, flow_run_id)
+            # the marker before the parent run: a kill in between leaves nothing unaccounted
+            token = uuid.uuid4().hex
+            tracking.write_marker(
+                ws.root,
+                token,
+                experiment=cfg.register_.experiment,
+                flow_run_id=str(flow_run_id),
+                workspace=str(ws.root),
+            )
+            parent = _open_parent(cfg, ws, flow_run_id, token)
             reports: list[StageReport] = []
             try:
+                _close_orphans(ws, token, parent)
                 reports.append(ingest(cfg))
                 reports.append(suite(cfg, parent))
                 reports.append(validate(cfg, parent))
                 reports.append(preprocess(cfg, parent))
                 reports.append(tune(cfg, parent))
                 reports.append(train(cfg, parent))
-                reports.append(evaluate(cfg))
+                # restored from DVC's run cache or skipped, the model is an earlier run's: this
+                # run links it (a tag) and never writes into that run
+                trained_here = reports[-1].outcome == Outcome.RAN.value
+                tracking.client().set_tag(parent, tracking.MODEL_RUN_TAG, _model_run(cfg))
+                reports.append(evaluate(cfg, parent, trained_here))
                 from tasks.promote import check_compatible
 
                 check_compatible(cfg, cfg.model_name)  # before anything is registered
-                reg = register(cfg, parent, flow_run_id, ws)
+                reg = register(cfg, parent, flow_run_id, ws, trained_here)
                 reports.append(reg)
                 reports.append(promote(cfg, reg.detail["name"], reg.detail["version"]))
             except BaseException:
                 tracking.end_run(parent, failed=True)
+                tracking.remove_marker(ws.root, token)
                 raise
             finally:
                 suites = workspace.copy_back_new(ws, cfg.paths.suites_dir)
-        # the run's DVC lock is released: DVC's experiment executor (and push) take it
-        experiment = workspace.save_experiment(ws, cfg, suites)
-        pushed = workspace.push_outputs(ws) if _deployment_run() else None
-        total = round(time.perf_counter() - start, 2)
-        c = tracking.client()
-        for r in reports:
-            c.log_metric(parent, f"time/{r.name}_s", r.seconds)
-            c.set_tag(parent, f"stage.{r.name}", r.outcome)
-        c.log_metric(parent, "time/total_s", total)
-        if experiment:
-            c.set_tag(parent, "dvc.experiment", experiment)
-        if pushed is not None:
-            c.set_tag(parent, "dvc.pushed", str(pushed))
+            # past this the lock is released, the parent still open: a next run judges by pid
+            tracking.write_marker(ws.root, token, phase=tracking.FINISHING)
+        try:
+            # the run's DVC lock is released: DVC's experiment executor (and push) take it
+            experiment = workspace.save_experiment(ws, cfg, suites)
+            pushed = workspace.push_outputs(ws) if _deployment_run() else None
+            total = round(time.perf_counter() - start, 2)
+            c = tracking.client()
+            for r in reports:
+                c.log_metric(parent, f"time/{r.name}_s", r.seconds)
+                c.set_tag(parent, f"stage.{r.name}", r.outcome)
+            c.log_metric(parent, "time/total_s", total)
+            if experiment:
+                c.set_tag(parent, "dvc.experiment", experiment)
+            if pushed is not None:
+                c.set_tag(parent, "dvc.pushed", str(pushed))
+        except BaseException:
+            tracking.end_run(parent, failed=True)
+            tracking.remove_marker(ws.root, token)
+            raise
         tracking.end_run(parent)
+        tracking.remove_marker(ws.root, token)
     by_name = {r.name: r for r in reports}
     return {
         "parent_run_id": parent,

@@ -94,22 +94,33 @@ class RandomAffine(ImageAugment):
 
 
 class SequenceAugment(nn.Module):
-    """Noise, scaling and a time shift for sequences (N, T, C), each sample with prob p.
+    """Noise, scaling, time shift, window slicing and window warping for sequences (N, T, C).
 
-    Adds gaussian noise of std `jitter`, multiplies by U(1 - scale, 1 + scale), and shifts in time
-    by an integer in [-max_shift, max_shift]; the vacated steps repeat the edge value (no
-    wrap-around, so the end of a sequence never appears at its start).
+    Each sample is transformed with prob p: gaussian noise of std `jitter`; a factor
+    U(1 - scale, 1 + scale); a shift in time by an integer in [-max_shift, max_shift] (vacated
+    steps repeat the edge value, no wrap-around); `window`: a random window of (1 - window) of
+    the length stretched back to the whole length (window slicing, Le Guennec et al. 2016);
+    `warp`: a random window of that fraction of the length sped up or slowed down by 2 and the
+    sequence resampled to its length (window warping, ibid.). All keep the length T.
     """
 
     def __init__(
-        self, p: float = 0.5, jitter: float = 0.0, scale: float = 0.0, max_shift: int = 0
+        self,
+        p: float = 0.5,
+        jitter: float = 0.0,
+        scale: float = 0.0,
+        max_shift: int = 0,
+        window: float = 0.0,
+        warp: float = 0.0,
     ) -> None:
         super().__init__()
         self.p, self.jitter, self.scale, self.max_shift = p, jitter, scale, int(max_shift)
+        self.window, self.warp = window, warp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Transform a batch (N, T, C); identity when p == 0 or everything is off."""
-        if self.p <= 0 or not (self.jitter > 0 or self.scale > 0 or self.max_shift > 0):
+        active = (self.jitter, self.scale, self.max_shift, self.window, self.warp)
+        if self.p <= 0 or not any(v > 0 for v in active):
             return x
         n, t, _ = x.shape
         apply = torch.rand(n, device=x.device) < self.p
@@ -126,11 +137,48 @@ class SequenceAugment(nn.Module):
             steps = torch.arange(t, device=x.device)[None, :] - shift[:, None]
             index = steps.clamp(0, t - 1)[:, :, None].expand_as(x)
             x = x.gather(1, index)
+        if t > 1 and (self.window > 0 or self.warp > 0):
+            u = torch.linspace(0, 1, t, device=x.device, dtype=x.dtype)[None, :].expand(n, t)
+            src = u
+            if self.window > 0:  # output [0, 1] -> a window [a, a + 1 - window] of the source
+                keep = 1 - self.window
+                start = torch.rand(n, 1, device=x.device, dtype=x.dtype) * self.window
+                src = start + src * keep
+            if self.warp > 0:
+                src = self._warp(src, n, x)
+            src = torch.where(apply[:, None], src, u)
+            x = _resample(x, src * (t - 1))
         return x
+
+    def _warp(self, src: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
+        """Compose a window-warp map (piecewise linear, monotone) after `src`."""
+        w = min(self.warp, 0.99)
+        a = torch.rand(n, 1, device=like.device, dtype=like.dtype) * (1 - w)
+        speed = torch.where(torch.rand(n, 1, device=like.device) < 0.5, 0.5, 2.0).to(like.dtype)
+        total = 1 - w + w * speed  # the warped length, as a fraction of the original
+        o1, o2 = a / total, (a + w * speed) / total  # the window's ends in output coordinates
+        u = src.clamp(0, 1)
+        inside = a + (u - o1) / (o2 - o1) * w
+        after = a + w + (u - o2) / (1 - o2).clamp_min(1e-6) * (1 - a - w)
+        before = u / o1.clamp_min(1e-6) * a
+        return torch.where(u < o1, before, torch.where(u < o2, inside, after))
+
+
+def _resample(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """X (N, T, C) read at fractional time positions pos (N, T), linearly interpolated."""
+    t = x.shape[1]
+    pos = pos.clamp(0, t - 1)
+    lo = pos.floor().long().clamp(0, t - 1)
+    hi = (lo + 1).clamp(max=t - 1)
+    frac = (pos - lo.to(pos.dtype))[:, :, None]
+    c = x.shape[2]
+    left = x.gather(1, lo[:, :, None].expand(-1, -1, c))
+    right = x.gather(1, hi[:, :, None].expand(-1, -1, c))
+    return left + (right - left) * frac
 
 
 IMAGE_KEYS = ("p", "max_shift", "max_rotation", "hflip", "vflip", "brightness", "contrast")
-SEQUENCE_KEYS = ("p", "jitter", "scale", "max_shift")
+SEQUENCE_KEYS = ("p", "jitter", "scale", "max_shift", "window", "warp")
 
 
 def build_augment(modality: str, options: dict[str, Any]) -> nn.Module:

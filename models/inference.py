@@ -37,9 +37,12 @@ class Predictor:
 
     def outputs(self, raw: Any, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities (N, K), or predictions in target units (N,)."""
+        return self.scores(self.preprocessor.transform(raw), batch_size)
+
+    def scores(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """`outputs` of already preprocessed inputs (the server's batched forward pass)."""
         import torch
 
-        x = self.preprocessor.transform(raw)
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(x), batch_size):

@@ -1,10 +1,11 @@
 """LightningModules: one per task type, each wrapping any network of models.networks.
 
 Both share `TaskModule`: hyperparameters saved, the network built from its spec, augmentation
-on training batches, one shared step, the epoch's loss and headline metric accumulated per step
-and logged once per epoch, and the optimizer and LR schedule by name (models.optim). The RNG
-states travel in checkpoints, so a resumed training continues the uninterrupted one exactly, and
-so do the epoch's training metrics, which reach the logger only after the checkpoint is written.
+on training batches, one shared step, one torchmetrics object per split and metric (loss and
+headline) updated per step and logged once per epoch (torchmetrics reduces them across DDP
+processes), and the optimizer and LR schedule by name (models.optim). The RNG states travel in
+checkpoints, so a resumed training continues the uninterrupted one exactly, and so do the
+epoch's training metrics, which reach the logger only after the checkpoint is written.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric, MeanSquaredError, Metric
+from torchmetrics.classification import MulticlassAccuracy
 
 from models.augment import build_augment
 from models.metrics import HEADLINE, LOSS
@@ -57,9 +61,17 @@ class TaskModule(L.LightningModule):
         self.spec = NetSpec.from_dict(spec)
         self.net = build_network(self.spec)
         self.augment = build_augment(modality, augment or {"p": 0.0})
-        # Sums of (loss * rows, metric numerator, rows) per split, logged once per epoch: a
-        # `self.log` per step costs more than the step itself on small models.
-        self._sums: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
+        # One torchmetrics object per split and metric: updated per step, computed (and reduced
+        # across DDP processes) once per epoch; a `self.log` per step costs more than the step
+        # itself on small models.
+        self.metrics = nn.ModuleDict(
+            {
+                f"{split}_metrics": nn.ModuleDict(
+                    {"loss": MeanMetric(), "headline": self.headline_metric()}
+                )
+                for split in ("train", "val", "test")  # ("train" would shadow Module.train)
+            }
+        )
         self._train_logged_epoch = -1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,13 +82,13 @@ class TaskModule(L.LightningModule):
         """The task's loss."""
         raise NotImplementedError
 
-    def metric_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The batch's contribution to the headline metric's numerator."""
+    def headline_metric(self) -> Metric:
+        """A fresh torchmetrics object of the task's headline metric."""
         raise NotImplementedError
 
-    def finish_metric(self, total: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The epoch's headline metric from its summed numerator."""
-        raise NotImplementedError
+    def update_headline(self, metric: Metric, out: torch.Tensor, y: torch.Tensor) -> None:
+        """Feed one batch to the headline metric."""
+        metric.update(out, y)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
@@ -85,23 +97,22 @@ class TaskModule(L.LightningModule):
         out = self(x)
         loss = self.loss_fn(out, y, split)
         with torch.no_grad():
-            n = loss.new_tensor(float(len(y)))
-            self._sums[split].append(
-                torch.stack([loss.detach().float() * n, self.metric_sum(out.detach(), y), n])
-            )
+            m = self.metrics[f"{split}_metrics"]
+            m["loss"].update(loss.detach().float(), weight=len(y))
+            self.update_headline(m["headline"], out.detach().float(), y)
         return loss
 
     def _log_epoch(self, split: str) -> None:
-        sums = self._sums[split]
-        if not sums:
+        m = self.metrics[f"{split}_metrics"]
+        if not m["loss"].update_called:
             return
-        total = torch.stack(sums).sum(dim=0)
         values = {
-            LOSS[split]: total[0] / total[2],
-            HEADLINE[self.task][split]: self.finish_metric(total[1], total[2]),
+            LOSS[split]: m["loss"].compute(),
+            HEADLINE[self.task][split]: m["headline"].compute(),
         }
-        self.log_dict(values, prog_bar=split == "val", sync_dist=True)
-        sums.clear()
+        self.log_dict(values, prog_bar=split == "val")
+        m["loss"].reset()
+        m["headline"].reset()
         if split == "train":
             self._train_logged_epoch = self.current_epoch
 
@@ -189,13 +200,9 @@ class ClassifierModule(TaskModule):
             label_smoothing=self.hparams.label_smoothing if train else 0.0,
         )
 
-    def metric_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Correct predictions."""
-        return (out.argmax(dim=1) == y).sum().float()
-
-    def finish_metric(self, total: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Accuracy."""
-        return total / rows
+    def headline_metric(self) -> Metric:
+        """Accuracy (micro: correct predictions over rows)."""
+        return MulticlassAccuracy(num_classes=self.spec.n_outputs, average="micro")
 
 
 class RegressorModule(TaskModule):
@@ -216,13 +223,14 @@ class RegressorModule(TaskModule):
             return F.huber_loss(out, y, delta=self.hparams.huber_delta)
         return F.mse_loss(out, y)
 
-    def metric_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Squared error in target units."""
-        return ((out - y).float() ** 2).sum() * self.hparams.target_std**2
-
-    def finish_metric(self, total: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def headline_metric(self) -> Metric:
         """RMSE."""
-        return torch.sqrt(total / rows)
+        return MeanSquaredError(squared=False)
+
+    def update_headline(self, metric: Metric, out: torch.Tensor, y: torch.Tensor) -> None:
+        """Errors in target units."""
+        std = self.hparams.target_std
+        metric.update(out * std, y.float() * std)
 
 
 def module_class(task: str) -> type[TaskModule]:

@@ -1,4 +1,9 @@
-"""Networks: plain `nn.Module`s (MLP, 2-D CNN, 1-D CNN, GRU/LSTM) built from a typed spec."""
+"""Networks: plain `nn.Module`s built from a typed spec.
+
+Tables: MLP. Images: CNN, ResNet (residual, global average pooling). Sequences: 1-D CNN, FCN and
+ResNet-1D (Wang et al. 2017, "Time series classification from scratch with deep neural
+networks"; Ismail Fawaz et al. 2019), GRU/LSTM. Every network but the MLP takes any length/size.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,10 @@ INITS = ("default", "kaiming", "xavier", "orthogonal")
 ARCH_OPTIONS: dict[str, dict[str, Any]] = {
     "mlp": {"layers": 2, "width": 128},
     "cnn": {"blocks": 2, "channels": 32, "kernel_size": 3, "hidden": 128},
+    "resnet": {"blocks": 3, "channels": 16, "kernel_size": 3},
     "cnn1d": {"blocks": 2, "channels": 32, "kernel_size": 5, "hidden": 64},
+    "fcn": {"channels": 64, "kernel_sizes": [8, 5, 3]},
+    "resnet1d": {"blocks": 3, "channels": 32, "kernel_sizes": [8, 5, 3]},
     "rnn": {"cell": "gru", "hidden": 64, "layers": 1, "bidirectional": False},
 }
 
@@ -181,6 +189,137 @@ class CNN1d(nn.Module):
         return self.head(self.features(x.transpose(1, 2)).mean(dim=2))
 
 
+def _norm(dim: int, channels: int, spec: NetSpec) -> nn.Module:
+    if not spec.batch_norm:
+        return nn.Identity()
+    return nn.BatchNorm1d(channels) if dim == 1 else nn.BatchNorm2d(channels)
+
+
+def _conv(dim: int, cin: int, cout: int, k: int, spec: NetSpec, stride: int = 1) -> nn.Module:
+    conv = nn.Conv1d if dim == 1 else nn.Conv2d
+    layer = conv(cin, cout, k, stride=stride, padding=k // 2, bias=not spec.batch_norm)
+    if k % 2 or stride != 1:
+        return layer
+    # an even kernel keeps the length with one step more of padding on the right (as "same",
+    # which warns about a padded copy on every call)
+    layer.padding = (0,) * dim
+    pad = (
+        nn.ConstantPad1d((k // 2 - 1, k // 2), 0.0)
+        if dim == 1
+        else nn.ZeroPad2d((k // 2 - 1, k // 2, k // 2 - 1, k // 2))
+    )
+    return nn.Sequential(pad, layer)
+
+
+def _gap_head(channels: int, spec: NetSpec) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(channels, spec.n_outputs))
+
+
+class FCN(nn.Module):
+    """Three blocks of conv, batch norm, activation (channels c, 2c, c), global average pooling."""
+
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        _check_rank(spec, 2, "(T, C)")
+        opt = spec.arch_options()
+        c, cin = opt["channels"], spec.input_shape[1]
+        layers: list[nn.Module] = []
+        for cout, k in zip((c, 2 * c, c), opt["kernel_sizes"], strict=True):
+            layers += [
+                _conv(1, cin, cout, k, spec),
+                _norm(1, cout, spec),
+                activation(spec.activation),
+            ]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = _gap_head(cin, spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (N, n_outputs) for sequences (N, T, C) of any length T."""
+        return self.head(self.features(x.transpose(1, 2)).mean(dim=2))
+
+
+class _Residual(nn.Module):
+    """Convs (each but the last followed by the activation) plus a shortcut, then activation."""
+
+    def __init__(
+        self, dim: int, cin: int, cout: int, kernels: list[int], spec: NetSpec, stride: int = 1
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = cin
+        for i, k in enumerate(kernels):
+            layers += [
+                _conv(dim, c, cout, k, spec, stride if i == 0 else 1),
+                _norm(dim, cout, spec),
+            ]
+            if i < len(kernels) - 1:
+                layers.append(activation(spec.activation))
+            c = cout
+        self.body = nn.Sequential(*layers)
+        if cin != cout or stride != 1:
+            conv = nn.Conv1d if dim == 1 else nn.Conv2d
+            self.shortcut: nn.Module = nn.Sequential(
+                conv(cin, cout, 1, stride=stride, bias=not spec.batch_norm), _norm(dim, cout, spec)
+            )
+        else:
+            self.shortcut = _norm(dim, cout, spec)
+        self.act = activation(spec.activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Activation of body(x) + shortcut(x)."""
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class ResNet1d(nn.Module):
+    """Residual blocks of three convs (kernels 8, 5, 3), channels c, 2c, 2c...; global pooling."""
+
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        _check_rank(spec, 2, "(T, C)")
+        opt = spec.arch_options()
+        cin, blocks = spec.input_shape[1], []
+        for i in range(opt["blocks"]):
+            cout = opt["channels"] * (2 if i else 1)
+            blocks.append(_Residual(1, cin, cout, list(opt["kernel_sizes"]), spec))
+            cin = cout
+        self.features = nn.Sequential(*blocks)
+        self.head = _gap_head(cin, spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (N, n_outputs) for sequences (N, T, C) of any length T."""
+        return self.head(self.features(x.transpose(1, 2)).mean(dim=2))
+
+
+class ResNet(nn.Module):
+    """A small residual CNN with global average pooling; takes images of any size.
+
+    A stem conv, then basic blocks (stride 2 and doubled channels after the first).
+    """
+
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        _check_rank(spec, 3, "(C, H, W)")
+        opt = spec.arch_options()
+        c, k = opt["channels"], opt["kernel_size"]
+        layers: list[nn.Module] = [
+            _conv(2, spec.input_shape[0], c, k, spec),
+            _norm(2, c, spec),
+            activation(spec.activation),
+        ]
+        cin = c
+        for i in range(opt["blocks"]):
+            cout = c * 2**i
+            layers.append(_Residual(2, cin, cout, [k, k], spec, stride=2 if i else 1))
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = _gap_head(cin, spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (N, n_outputs) for images (N, C, H, W) of any size."""
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
 class RNN(nn.Module):
     """GRU or LSTM; the head reads [final hidden state(s) of the last layer, mean output]."""
 
@@ -216,7 +355,15 @@ class RNN(nn.Module):
         return self.head(torch.cat([*last, out.mean(dim=1)], dim=1))
 
 
-NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "cnn1d": CNN1d, "rnn": RNN}
+NETWORKS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "resnet": ResNet,
+    "cnn1d": CNN1d,
+    "fcn": FCN,
+    "resnet1d": ResNet1d,
+    "rnn": RNN,
+}
 
 
 def _check_init(init: str) -> None:
@@ -264,9 +411,40 @@ def build_network(spec: NetSpec) -> nn.Module:
     return init_weights(NETWORKS[spec.arch](spec), spec.init, spec.activation)
 
 
+class Ensemble(nn.Module):
+    """k networks of one spec whose averaged probabilities (regression: values) are the output.
+
+    Classification returns log(mean of the members' softmax): a softmax of it (what inference
+    and the pyfunc apply) is exactly the mean probability, and cross-entropy on it is the
+    ensemble's log loss. The state dict is the members' under `members.<i>.`.
+    """
+
+    def __init__(self, members: list[nn.Module], task: str) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.task = task
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' mean probability as log-probabilities (regression: mean output)."""
+        outs = torch.stack([m(x) for m in self.members])
+        if self.task != "classification":
+            return outs.mean(dim=0)
+        return torch.logsumexp(torch.log_softmax(outs, dim=-1), dim=0) - math.log(len(outs))
+
+
+def build_ensemble(spec: NetSpec, k: int, task: str) -> Ensemble:
+    """An ensemble of k freshly built networks of `spec`."""
+    return Ensemble([build_network(spec) for _ in range(k)], task)
+
+
 def load_network(spec_path: str | Path, weights_path: str | Path) -> nn.Module:
-    """A network in eval mode from model.json (key "spec") and a weights-only state dict."""
-    spec = NetSpec.from_dict(json.loads(Path(spec_path).read_text())["spec"])
-    net = build_network(spec)
+    """A network in eval mode from model.json (key "spec") and a weights-only state dict.
+
+    model.json's "ensemble" (k > 1) makes it an `Ensemble` of k members of that spec.
+    """
+    meta = json.loads(Path(spec_path).read_text())
+    spec = NetSpec.from_dict(meta["spec"])
+    k = int(meta.get("ensemble", 1))
+    net = build_network(spec) if k <= 1 else build_ensemble(spec, k, meta.get("task", ""))
     net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     return net.eval()

@@ -121,12 +121,17 @@ class DlopsModel(mlflow.pyfunc.PythonModel):
             out = p.outputs(from_model_input(p.preprocessor, model_input))
         except InputError as exc:
             raise ValueError(str(exc)) from None
-        if p.task != "classification":
-            return pd.DataFrame({PREDICTION: np.asarray(out, dtype=np.float64)})
-        frame = pd.DataFrame(out, columns=[proba_column(c) for c in p.classes])
-        labels = p.preprocessor.target.decode(out.argmax(axis=1))
-        frame.insert(0, PREDICTION, pd.Series(list(labels), dtype=_label_dtype(p.classes)))
-        return frame
+        return output_frame(p, out)
+
+
+def output_frame(p: Any, out: np.ndarray) -> pd.DataFrame:
+    """A Predictor's outputs as the pyfunc's output frame (shared with the server)."""
+    if p.task != "classification":
+        return pd.DataFrame({PREDICTION: np.asarray(out, dtype=np.float64)})
+    frame = pd.DataFrame(out, columns=[proba_column(c) for c in p.classes])
+    labels = p.preprocessor.target.decode(out.argmax(axis=1))
+    frame.insert(0, PREDICTION, pd.Series(list(labels), dtype=_label_dtype(p.classes)))
+    return frame
 
 
 def _label_dtype(classes: list[Any]) -> str:

@@ -32,7 +32,7 @@ PARAMS_FILE = "params.yaml"
 
 Modality = Literal["tables", "images", "sequences"]
 Task = Literal["classification", "regression"]
-Arch = Literal["mlp", "cnn", "cnn1d", "rnn"]
+Arch = Literal["mlp", "cnn", "resnet", "cnn1d", "fcn", "resnet1d", "rnn"]
 
 # Built-in data sets, shipped inside packages (no network): name -> (modality, task).
 BUILTINS: dict[str, tuple[str, str]] = {
@@ -46,12 +46,27 @@ BUILTINS: dict[str, tuple[str, str]] = {
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 SEQUENCE_SUFFIXES = (".npz",)
-# The architectures each modality may use; `auto` picks the first.
+# The architectures each modality may use; `auto` picks by `auto_arch` (README "Models").
 ARCHS: dict[str, tuple[str, ...]] = {
     "tables": ("mlp",),
-    "images": ("cnn", "mlp"),
-    "sequences": ("cnn1d", "rnn", "mlp"),
+    "images": ("cnn", "resnet", "mlp"),
+    "sequences": ("fcn", "resnet1d", "cnn1d", "rnn", "mlp"),
 }
+# images up to this many pixels a side use the plain CNN under `auto`; larger ones the ResNet
+SMALL_IMAGE = 32
+
+
+def auto_arch(modality: str, image_size: tuple[int, int] = (8, 8)) -> str:
+    """What `model.arch: auto` means, by modality and image size.
+
+    Tables mlp; images cnn up to 32 px a side, else resnet; sequences fcn (Wang et al. 2017: on
+    par with ResNet-1D on small sets, at less cost).
+    """
+    if modality == "images":
+        return "cnn" if max(image_size) <= SMALL_IMAGE else "resnet"
+    return {"tables": "mlp", "sequences": "fcn"}[modality]
+
+
 CLASSIFICATION_LOSSES = ("cross_entropy",)
 REGRESSION_LOSSES = ("mse", "mae", "huber")
 HIGHER_IS_BETTER = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc_ovr", "r2")
@@ -413,6 +428,8 @@ class AugmentConfig(_Frozen):
     contrast: float = Field(0.0, ge=0, lt=1)
     jitter: float = Field(0.0, ge=0)
     scale: float = Field(0.0, ge=0, lt=1)
+    window: float = Field(0.0, ge=0, lt=1)
+    warp: float = Field(0.0, ge=0, lt=1)
 
 
 class PreprocessConfig(_Frozen):
@@ -467,6 +484,29 @@ class CNN1DOptions(_Frozen):
     hidden: int = Field(64, ge=1)
 
 
+class ResNetOptions(_Frozen):
+    """Residual CNN (images): a stem, then blocks of two 3x3 convs with a skip; global pooling."""
+
+    blocks: int = Field(3, ge=1)
+    channels: int = Field(16, ge=1)
+    kernel_size: int = Field(3, ge=1)
+
+
+class FCNOptions(_Frozen):
+    """Fully convolutional network (sequences, Wang et al. 2017): three conv + BN blocks."""
+
+    channels: int = Field(64, ge=1)  # the blocks have channels, 2x channels, channels
+    kernel_sizes: tuple[int, int, int] = (8, 5, 3)
+
+
+class ResNet1DOptions(_Frozen):
+    """ResNet for sequences (Wang et al. 2017): residual blocks of three convs each."""
+
+    blocks: int = Field(3, ge=1)
+    channels: int = Field(32, ge=1)  # first block; later blocks have twice as many
+    kernel_sizes: tuple[int, int, int] = (8, 5, 3)
+
+
 class RNNOptions(_Frozen):
     """GRU or LSTM (sequences), optionally bidirectional and stacked."""
 
@@ -479,14 +519,17 @@ class RNNOptions(_Frozen):
 class ModelConfig(_Frozen):
     """Architecture: the arch, shared options, and each arch's own options."""
 
-    arch: Literal["auto", "mlp", "cnn", "cnn1d", "rnn"] = "auto"
+    arch: Literal["auto", "mlp", "cnn", "resnet", "cnn1d", "fcn", "resnet1d", "rnn"] = "auto"
     activation: Literal["relu", "leaky_relu", "gelu", "tanh", "sigmoid"] = "relu"
     dropout: float = Field(0.2, ge=0, lt=1)
     batch_norm: bool = True
     init: Literal["default", "kaiming", "xavier", "orthogonal"] = "default"
     mlp: MLPOptions = MLPOptions()
     cnn: CNNOptions = CNNOptions()
+    resnet: ResNetOptions = ResNetOptions()
     cnn1d: CNN1DOptions = CNN1DOptions()
+    fcn: FCNOptions = FCNOptions()
+    resnet1d: ResNet1DOptions = ResNet1DOptions()
     rnn: RNNOptions = RNNOptions()
 
 
@@ -537,6 +580,14 @@ class TuneConfig(_Frozen):
     n_trials: int = Field(8, ge=1)
     timeout_s: float | None = Field(60, gt=0)
     max_epochs: int = Field(8, ge=1)
+    # each trial (each fold) takes at least this many optimizer steps (see TrainConfig)
+    min_steps: int = Field(100, ge=0)
+    max_steps: int | None = Field(None, ge=1)
+    # a validation split smaller than this: trials are scored by k-fold CV inside train
+    min_val_examples: int = Field(50, ge=0)
+    cv_folds: int = Field(5, ge=2)
+    # `model.arch: auto` and no model.arch in `space`: the study ranges over these per modality
+    archs: dict[Modality, list[Arch]] = Field(default_factory=dict)
     pruner: Literal["hyperband", "median", "none"] = "hyperband"
     # auto: $DLOPS_OPTUNA_STORAGE when set, else the journal file; journal; memory (in-process).
     # Never a URL: it would reach dvc.lock and MLflow (see tasks.optuna_storage).
@@ -544,6 +595,19 @@ class TuneConfig(_Frozen):
     # Worker processes sharing the study (the journal file on one host, or PostgreSQL).
     workers: int = Field(1, ge=1)
     space: dict[str, Dimension] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _budget(self) -> TuneConfig:
+        if self.max_steps is not None and self.min_steps > self.max_steps:
+            raise ValueError("min_steps must not exceed max_steps")
+        for modality, archs in self.archs.items():
+            wrong = [a for a in archs if a not in ARCHS[modality]]
+            if wrong:
+                raise ValueError(
+                    f"archs.{modality}: {', '.join(wrong)} does not apply to {modality} "
+                    f"(use {', '.join(ARCHS[modality])})"
+                )
+        return self
 
     @field_validator("storage", mode="before")
     @classmethod
@@ -574,7 +638,13 @@ class TrainConfig(_Frozen):
     """Compilation (loss, optimizer, schedule) and the training loop."""
 
     max_epochs: int = Field(30, ge=1)
+    # Budget in optimizer steps: a small data set repeats its examples inside an epoch until
+    # max_epochs epochs hold min_steps steps; max_steps caps the total (models.training.budget).
+    min_steps: int = Field(300, ge=0)
+    max_steps: int | None = Field(None, ge=1)
     patience: int = Field(6, ge=1)
+    # k > 1: k members (seeds seed, seed+1, ...) whose averaged probabilities are the model
+    ensemble: int = Field(1, ge=1)
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     weight_decay: float = Field(1e-4, ge=0)
@@ -609,6 +679,10 @@ class TrainConfig(_Frozen):
             raise ValueError("warmup_epochs must be below max_epochs")
         if self.precision == "16-mixed" and self.accelerator == "cpu":
             raise ValueError("precision 16-mixed needs a GPU; use bf16-mixed on CPU")
+        if self.max_steps is not None and self.min_steps > self.max_steps:
+            raise ValueError("min_steps must not exceed max_steps")
+        if self.ensemble > 1 and self.devices > 1:
+            raise ValueError("ensemble members train in one process: use devices 1")
         return self
 
 
@@ -642,6 +716,19 @@ class PromoteConfig(_Frozen):
         return {"r2": 0.3}.get(metric, None if metric in LOWER_IS_BETTER else 0.9)
 
 
+class ServeConfig(_Frozen):
+    """`dlops serve`: dynamic batching, processes and limits (the model follows @champion)."""
+
+    max_batch_size: int = Field(64, ge=1)
+    batch_timeout: float = Field(0.005, ge=0, le=1)
+    workers: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1)
+    poll_s: float = Field(5.0, gt=0)
+    max_rows: int = Field(1024, ge=1)
+    max_body_bytes: int = Field(20_000_000, ge=1)
+    timeout_s: float = Field(30.0, gt=0)
+
+
 CLASSIFICATION_METRICS = HIGHER_IS_BETTER[:-1]
 REGRESSION_METRICS = ("r2", "rmse", "mae")
 
@@ -659,6 +746,7 @@ class Config(_Frozen):
     train: TrainConfig = TrainConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     promote: PromoteConfig = PromoteConfig()
+    serve: ServeConfig = ServeConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -668,7 +756,7 @@ class Config(_Frozen):
         if self.model.arch != "auto" and self.model.arch not in ARCHS[modality]:
             raise ValueError(
                 f"model.arch: {self.model.arch} does not apply to {modality} "
-                f"(use {' or '.join(ARCHS[modality])})"
+                f"(use {', '.join(ARCHS[modality][:-1])} or {ARCHS[modality][-1]})"
             )
         task = self.data.known_task
         if task is not None:
@@ -678,7 +766,17 @@ class Config(_Frozen):
     @property
     def arch(self) -> str:
         """The architecture, `auto` resolved by modality."""
-        return self.model.arch if self.model.arch != "auto" else ARCHS[self.modality][0]
+        if self.model.arch != "auto":
+            return self.model.arch
+        return auto_arch(self.modality, self.preprocess.image_size)
+
+    def search_space(self) -> dict[str, Dimension]:
+        """`tune.space`, with model.arch ranging over `tune.archs[modality]` under `auto`."""
+        space = dict(self.tune.space)
+        archs = self.tune.archs.get(self.modality)
+        if "model.arch" not in space and self.model.arch == "auto" and archs:
+            space = {"model.arch": Choices(choices=list(archs)), **space}
+        return space
 
     @property
     def modality(self) -> str:
@@ -727,33 +825,40 @@ class Config(_Frozen):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def check_task(cfg: Config, task: str) -> None:
-    """Reject parameters that do not fit the task (raises ValueError naming the key)."""
+def check_task(cfg: Config, task: str, sections: tuple[str, ...] = ("train", "promote")) -> None:
+    """Reject parameters that do not fit the task (raises ValueError naming the key).
+
+    `sections`: whose keys to check (a stage checks the keys it reads: tune and train `train`,
+    promote `promote`; the flow checks both once ingest has told the task).
+    """
     t, loss = cfg.train, cfg.train.loss
+    train, promote = "train" in sections, "promote" in sections
     if task == "classification":
-        if loss in REGRESSION_LOSSES:
+        if train and loss in REGRESSION_LOSSES:
             raise ValueError(
                 f"train.loss: {loss} is a regression loss, the task is classification"
             )
-        if cfg.promote.metric in REGRESSION_METRICS:
+        if promote and cfg.promote.metric in REGRESSION_METRICS:
             raise ValueError(f"promote.metric: {cfg.promote.metric} is a regression metric")
     else:
-        if loss in CLASSIFICATION_LOSSES:
+        if train and loss in CLASSIFICATION_LOSSES:
             raise ValueError(
                 f"train.loss: {loss} is a classification loss, the task is regression"
             )
-        if cfg.promote.metric in CLASSIFICATION_METRICS:
+        if promote and cfg.promote.metric in CLASSIFICATION_METRICS:
             raise ValueError(f"promote.metric: {cfg.promote.metric} is a classification metric")
-        if t.label_smoothing:
+        if train and t.label_smoothing:
             raise ValueError("train.label_smoothing applies to classification only")
-        if t.class_weights != "none":
+        if train and t.class_weights != "none":
             raise ValueError("train.class_weights applies to classification only")
 
 
-def require_task(cfg: Config, task: str, where: str) -> None:
+def require_task(
+    cfg: Config, task: str, where: str, sections: tuple[str, ...] = ("train", "promote")
+) -> None:
     """`check_task` once the data has told the task; raises ConfigError naming the key."""
     try:
-        check_task(cfg, task)
+        check_task(cfg, task, sections)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

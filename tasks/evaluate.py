@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tasks import tracking
-from tasks.config import Config, load_config
+from tasks.config import Config
 from tasks.utils import atomic_dir, read_json, write_json
 
 CLASSIFICATION = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc_ovr")
@@ -172,8 +172,12 @@ def regression_plots(y: np.ndarray, pred: np.ndarray, out: Path) -> list[Path]:
     return [out / "pred_vs_true.csv", out / "residuals.csv", a, b]
 
 
-def run(cfg: Config) -> EvaluateResult:
-    """Score the trained model on the test split; log metrics and plots to its training run."""
+def run(cfg: Config, log_run_id: str | None = None) -> EvaluateResult:
+    """Score the trained model on the test split; log metrics and plots to MLflow.
+
+    `log_run_id`: the run to log to (the flow decides); None: the training run of model.json,
+    or a run of its own when that one was evaluated before (see `_standalone_run`).
+    """
     from models.inference import Predictor
     from models.preprocessing import load_split
 
@@ -191,22 +195,52 @@ def run(cfg: Config) -> EvaluateResult:
             plots = regression_plots(y, outputs, tmp)
     plots = [out / p.name for p in plots]
     path = write_json(cfg.paths.metrics, metrics)
-    run_id = read_json(Path(cfg.paths.train_dir) / "model.json").get("mlflow_run_id")
+    model_run = read_json(Path(cfg.paths.train_dir) / "model.json").get("mlflow_run_id")
+    run_id, own = (log_run_id, False) if log_run_id else _standalone_run(cfg, model_run)
     if run_id:
         c = tracking.client()
-        for name in names:
-            c.log_metric(run_id, f"test/{name}", metrics[name])
-        c.log_artifact(run_id, str(path))
-        c.log_artifacts(run_id, str(out), "plots")
+        try:
+            for name in names:
+                c.log_metric(run_id, f"test/{name}", metrics[name])
+            c.log_artifact(run_id, str(path))
+            c.log_artifacts(run_id, str(out), "plots")
+        except BaseException:
+            if own:
+                tracking.end_run(run_id, failed=True)
+            raise
+        if own:
+            tracking.end_run(run_id)
     return EvaluateResult(metrics=metrics, metrics_path=path, plots=plots, run_id=run_id)
+
+
+def _standalone_run(cfg: Config, model_run: str | None) -> tuple[str | None, bool]:
+    """Where `python -m tasks.evaluate` logs: the training run, unless it was evaluated before.
+
+    A training run that already holds test metrics is an earlier run's (train restored from
+    DVC's run cache): it is not written to; a run of its own, tagged with it, gets the metrics.
+    Returns the run id and whether this stage opened it.
+    """
+    if not model_run:
+        return None, False
+    logged = tracking.client().get_run(model_run).data.metrics
+    if not any(k.startswith("test/") for k in logged):
+        return model_run, False
+    tags = {"dlops.stage": "evaluate", tracking.MODEL_RUN_TAG: model_run}
+    return tracking.start_run(cfg.register_.experiment, "evaluate", tags=tags), True
 
 
 def main() -> None:
     """Entry point for `python -m tasks.evaluate` (dvc.yaml)."""
+    from tasks.entry import run_stage
+
     argparse.ArgumentParser(description=__doc__).parse_args()
-    r = run(load_config())
-    shown = [k for k in r.metrics if k != "n_test"]
-    print("evaluate: " + ", ".join(f"{k} {r.metrics[k]:.4f}" for k in shown))
+
+    def body(cfg: Config) -> str:
+        r = run(cfg)
+        shown = [k for k in r.metrics if k != "n_test"]
+        return "evaluate: " + ", ".join(f"{k} {r.metrics[k]:.4f}" for k in shown)
+
+    run_stage("evaluate", body)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from models.preprocessing import one_line
-from tasks.config import BUILTINS, Config, ConfigError, DataConfig, load_config, require_task
+from tasks.config import BUILTINS, Config, DataConfig
 from tasks.names import check_name
 from tasks.redact import redact
 from tasks.sources import (
@@ -361,7 +361,8 @@ def describe(cfg: Config, raw_dir: Path, file: str, source: str, sha256: str) ->
         task = BUILTINS[cfg.data.dataset][1]
     else:
         task = infer_task(labels, where)
-    require_task(cfg, task, where)
+    # train.* and promote.* against the task: checked by the stages that read them (the flow
+    # right after ingest), so ingest's params are `data` alone
     if task == "regression":
         import pandas as pd
 
@@ -446,18 +447,17 @@ def content_hash(path: Path) -> str:
 
 def main() -> None:
     """Entry point for `python -m tasks.ingest` (dvc.yaml): exit non-zero on bad data."""
-    import sys
-
-    from tasks.runtime import setup
+    from tasks.entry import run_stage
 
     argparse.ArgumentParser(description=__doc__).parse_args()
-    setup()  # .env, and redaction of logs and tracebacks (the source URL may carry secrets)
-    try:
-        r = run(load_config())
-    except (DataError, ConfigError) as exc:
-        sys.exit(f"ingest: {exc}")
-    m = r.manifest
-    print(f"ingest: {m.rows} {m.modality} rows ({m.task}) from {m.source} -> {r.raw_dir}")
+
+    def body(cfg: Config) -> str:
+        r = run(cfg)
+        m = r.manifest
+        return f"ingest: {m.rows} {m.modality} rows ({m.task}) from {m.source} -> {r.raw_dir}"
+
+    # setup(): .env, and redaction of logs and tracebacks (the source URL may carry secrets)
+    run_stage("ingest", body, check_upstream=False)  # the first stage: nothing upstream
 
 
 if __name__ == "__main__":

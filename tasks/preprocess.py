@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import Config, load_config
+from tasks.config import Config
 from tasks.sources import (
     DataError,
     Manifest,
@@ -303,19 +303,19 @@ def run(cfg: Config) -> PreprocessResult:
 
 def main() -> None:
     """Entry point for `python -m tasks.preprocess` (dvc.yaml)."""
-    import sys
+    from tasks.entry import run_stage
 
     argparse.ArgumentParser(description=__doc__).parse_args()
-    try:
-        r = run(load_config())
-    except DataError as exc:
-        sys.exit(f"preprocess: {exc}")
-    print(
-        f"preprocess: {r.counts} (dropped {r.dropped_missing_target} without a target, "
-        f"{r.dropped_invalid} invalid, {r.dropped_duplicates} duplicate rows; "
-        f"leakage {r.leakage['fraction']:.1%}) "
-        f"-> {r.processed_dir}"
-    )
+
+    def body(cfg: Config) -> str:
+        r = run(cfg)
+        return (
+            f"preprocess: {r.counts} (dropped {r.dropped_missing_target} without a target, "
+            f"{r.dropped_invalid} invalid, {r.dropped_duplicates} duplicate rows; "
+            f"leakage {r.leakage['fraction']:.1%}) -> {r.processed_dir}"
+        )
+
+    run_stage("preprocess", body)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks import tracking
-from tasks.config import LOWER_IS_BETTER, Config, ConfigError, load_config, require_task
+from tasks import ledger, tracking
+from tasks.config import LOWER_IS_BETTER, Config, ConfigError, require_task
+from tasks.testhook import pause_point
 
 if TYPE_CHECKING:
     import numpy as np
@@ -103,10 +104,36 @@ def _recorded_score(mv: ModelVersion) -> float:
     return math.nan if value is None else value
 
 
+def _move_aliases(client: MlflowClient, name: str, version: str, promoted: bool) -> None:
+    """The decision's commit point: @champion (or @challenger) moves to `version`."""
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        if _alias_version(client, name, CHALLENGER) == version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+
+
 def _recorded(client: MlflowClient, name: str, mv: ModelVersion) -> PromoteResult:
-    """The decision already recorded on a version (nothing is scored or moved)."""
+    """The decision already recorded on a version (nothing is scored).
+
+    A run killed between recording the decision and moving the alias left the aliases as they
+    were: when @champion is still the one the decision was made against (and, for a rejection,
+    no newer version holds @challenger), the move is finished here; else they are left alone.
+    """
     champion = _alias_version(client, name, CHAMPION)
     previous = mv.tags.get(TAG_CHAMPION_VERSION)
+    promoted = mv.tags[TAG_DECISION] == PROMOTED
+    version = str(mv.version)
+    expected = None if previous in (None, NONE) else previous
+    challenger = _alias_version(client, name, CHALLENGER)
+    if promoted:
+        pending = champion != version and champion == expected
+    else:  # a newer version may hold @challenger by now: never move it back
+        pending = champion == expected and (challenger is None or int(challenger) < int(version))
+    if pending:
+        _move_aliases(client, name, version, promoted)
+        champion = _alias_version(client, name, CHAMPION)
     return PromoteResult(
         promoted=mv.tags[TAG_DECISION] == PROMOTED,
         reason=mv.tags.get(TAG_REASON, ""),
@@ -266,13 +293,9 @@ def run(cfg: Config, name: str, version: str) -> PromoteResult:
     bound = cfg.promote.bound(metric)
     promoted, reason = decide(metric, new_score, bound, champion, champion_score)
 
-    # Aliases first, the decision tag last: a run cut short in between is judged again.
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        if _alias_version(client, name, CHALLENGER) == version:
-            client.delete_registered_model_alias(name, CHALLENGER)
-    else:
-        client.set_registered_model_alias(name, CHALLENGER, version)
+    # The decision tags first (the decision itself last of them), the aliases last: @champion
+    # is unchanged until a promotion completes; a run cut short before the decision tag is judged
+    # again, one cut short after it finishes the move (`_recorded`).
     tags = {
         TAG_REASON: reason,
         TAG_METRIC: metric,
@@ -283,6 +306,21 @@ def run(cfg: Config, name: str, version: str) -> PromoteResult:
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    pause_point("promote")  # test hook: killed here, the champion must not have moved
+    _move_aliases(client, name, version, promoted)
+    # the history `dlops rollback` reads (after the move: it records what happened)
+    ledger.record(
+        client,
+        name,
+        ledger.PROMOTE if promoted else ledger.KEEP,
+        champion,
+        version if promoted else champion,
+        reason,
+        judged=version,
+        metric=metric,
+        new_score=new_score,
+        champion_score=champion_score,
+    )
     return PromoteResult(
         promoted=promoted,
         reason=reason,
@@ -299,9 +337,13 @@ def main() -> None:
     parser.add_argument("--name", help="registered model name (default: register.model_name)")
     parser.add_argument("--version", required=True, help="the version to judge")
     args = parser.parse_args()
-    cfg = load_config()
-    r = run(cfg, args.name or cfg.model_name, args.version)
-    print(f"promote: {r.reason}; @{CHAMPION} is v{r.champion_version}")
+    from tasks.entry import run_stage
+
+    def body(cfg: Config) -> str:
+        r = run(cfg, args.name or cfg.model_name, args.version)
+        return f"promote: {r.reason}; @{CHAMPION} is v{r.champion_version}"
+
+    run_stage("promote", body, check_upstream=False)  # not a DVC stage
 
 
 if __name__ == "__main__":

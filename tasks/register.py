@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks import tracking
-from tasks.config import PARAMS_FILE, Config, load_config
+from tasks.config import PARAMS_FILE, Config
 from tasks.redact import redact
+from tasks.testhook import pause_point
 from tasks.utils import file_sha256, read_json
 
 if TYPE_CHECKING:
@@ -78,8 +79,19 @@ def input_example(cfg: Config) -> pd.DataFrame | None:
     return to_model_input(kind, x[:2])
 
 
-def run(cfg: Config, lineage: dict[str, str], parent_run_id: str | None = None) -> RegisterResult:
-    """Log and register the model in `paths.train_dir` unless these weights are registered."""
+def run(
+    cfg: Config,
+    lineage: dict[str, str],
+    parent_run_id: str | None = None,
+    trained_here: bool = True,
+) -> RegisterResult:
+    """Log and register the model in `paths.train_dir` unless these weights are registered.
+
+    `trained_here`: the training run of model.json belongs to this pipeline run (train ran);
+    False (train restored from DVC's run cache, or skipped): that run is an earlier one's and is
+    not written to; the pyfunc goes into a `register` run nested under `parent_run_id`, tagged
+    with the training run (`dlops.model_run_id`), and so does the version.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -103,30 +115,48 @@ def run(cfg: Config, lineage: dict[str, str], parent_run_id: str | None = None) 
             created=False,
         )
     else:
-        run_id = read_json(train_dir / "model.json")["mlflow_run_id"]
+        model_run = read_json(train_dir / "model.json")["mlflow_run_id"]
         try:
-            client.get_run(run_id)
+            client.get_run(model_run)
         except MlflowException as exc:
             raise LookupError(
-                f"training run {run_id} (from {train_dir / 'model.json'}) is not in the tracking "
-                f"store {redact(tracking.tracking_uri())}: retrain, or point MLFLOW_TRACKING_URI "
-                "at it"
+                f"training run {model_run} (from {train_dir / 'model.json'}) is not in the "
+                f"tracking store {redact(tracking.tracking_uri())}: retrain, or point "
+                "MLFLOW_TRACKING_URI at it"
             ) from exc
-        info, _ = log_model(train_dir, run_id, input_example(cfg))
-        tags = {**{k: str(v) for k, v in lineage.items()}, SHA_TAG: sha256}
-        if parent_run_id:
-            tags.setdefault(PIPELINE_RUN_TAG, parent_run_id)
-        mv = mlflow.register_model(info.model_uri, name, tags=tags)
-        first = oldest_version(client, name, sha256)
-        if first is not None and str(first.version) != str(mv.version):
-            # a run with identical inputs (on another worker) registered these weights first:
-            # keep one version per weights, the oldest, whatever the interleaving
-            client.delete_model_version(name, mv.version)
-            mv = first
-        else:
-            for path in (DVC_LOCK, PARAMS_FILE):
-                if Path(path).is_file():
-                    client.log_artifact(run_id, path)
+        own = not trained_here
+        run_id = model_run
+        if own:
+            run_id = tracking.start_run(
+                cfg.register_.experiment,
+                "register",
+                parent_run_id,
+                tags={"dlops.stage": "register", tracking.MODEL_RUN_TAG: model_run},
+            )
+        try:
+            info, _ = log_model(train_dir, run_id, input_example(cfg))
+            pause_point("register")  # test hook: killed here, the model is logged, not registered
+            tags = {**{k: str(v) for k, v in lineage.items()}, SHA_TAG: sha256}
+            tags[tracking.MODEL_RUN_TAG] = model_run
+            if parent_run_id:
+                tags.setdefault(PIPELINE_RUN_TAG, parent_run_id)
+            mv = mlflow.register_model(info.model_uri, name, tags=tags)
+            first = oldest_version(client, name, sha256)
+            if first is not None and str(first.version) != str(mv.version):
+                # a run with identical inputs (on another worker) registered these weights
+                # first: keep one version per weights, the oldest, whatever the interleaving
+                client.delete_model_version(name, mv.version)
+                mv = first
+            else:
+                for path in (DVC_LOCK, PARAMS_FILE):
+                    if Path(path).is_file():
+                        client.log_artifact(run_id, path)
+        except BaseException:
+            if own:
+                tracking.end_run(run_id, failed=True)
+            raise
+        if own:
+            tracking.end_run(run_id)
         result = RegisterResult(
             name=name,
             version=str(mv.version),
@@ -141,10 +171,16 @@ def run(cfg: Config, lineage: dict[str, str], parent_run_id: str | None = None) 
 
 def main() -> None:
     """Entry point for `python -m tasks.register`."""
+    from tasks.entry import run_stage
+
     argparse.ArgumentParser(description=__doc__).parse_args()
-    r = run(load_config(), lineage={})
-    state = "registered" if r.created else "already registered, nothing new"
-    print(f"register: {r.name} version {r.version} ({state}); {r.model_uri}")
+
+    def body(cfg: Config) -> str:
+        r = run(cfg, lineage={})
+        state = "registered" if r.created else "already registered, nothing new"
+        return f"register: {r.name} version {r.version} ({state}); {r.model_uri}"
+
+    run_stage("register", body, check_upstream=False)  # not a DVC stage
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import tracking
-from tasks.config import PARAMS_FILE, Config, load_config
+from tasks.config import PARAMS_FILE, Config
 from tasks.utils import atomic_dir, read_json, write_json
 
 MODEL_WEIGHTS = "model.pt"
@@ -49,6 +51,7 @@ class TrainResult:
     epochs: int
     best_epoch: int
     resumed_from_epoch: int | None
+    steps: int = 0  # optimizer steps taken (the budget: models.training)
 
 
 def tuned_config(cfg: Config) -> Config:
@@ -56,6 +59,41 @@ def tuned_config(cfg: Config) -> Config:
     path = Path(cfg.paths.best_params)
     tuned = read_json(path)["params"] if path.is_file() else {}
     return cfg.with_values(tuned) if tuned else cfg
+
+
+def tuned_cv(cfg: Config) -> dict[str, Any] | None:
+    """The cross-validation record of the tuned trial (best_params.json "cv"), if tune used CV.
+
+    With it, train fits train+validation for the tuned number of steps, without early stopping
+    (the validation split was too small to choose a model on; models.cv scored the folds).
+    """
+    path = Path(cfg.paths.best_params)
+    return read_json(path).get("cv") if path.is_file() else None
+
+
+def train_budget(cfg: Config, info: dict[str, Any]) -> Any:
+    """The training budget (models.training.Budget) for the processed data and `train.*`."""
+    from models.training import budget, fixed_budget
+
+    t, counts = cfg.train, info["counts"]
+    cv = tuned_cv(cfg)
+    if cv:
+        n = int(counts["train"]) + int(counts.get("val", 0))
+        return fixed_budget(n, t.batch_size, int(cv["steps"]), t.max_epochs)
+    world = t.devices if launched_rank() is not None or t.devices > 1 else 1
+    return budget(
+        int(counts["train"]), t.batch_size, t.max_epochs, t.min_steps, t.max_steps, world
+    )
+
+
+def trial_budget(cfg: Config, info: dict[str, Any]) -> Any:
+    """A tuning trial's budget (`tune.max_epochs`, `tune.min_steps`, `tune.max_steps`)."""
+    from models.training import budget
+
+    t = cfg.tune
+    return budget(
+        int(info["counts"]["train"]), cfg.train.batch_size, t.max_epochs, t.min_steps, t.max_steps
+    )
 
 
 def data_info(processed_dir: str | Path) -> dict[str, Any]:
@@ -263,37 +301,91 @@ def _log_inputs(cfg: Config, run_id: str) -> None:
         c.set_tag(run_id, "validation.success", str(bool(success)).lower())
 
 
+def close_killed_run(ckpt_dir: Path) -> str | None:
+    """faults: a training killed mid-way left its run RUNNING and its id in the checkpoints.
+
+    A training that starts afresh (the stage holds the workspace's DVC lock: `dvc repro`,
+    `dlops train`, the flow) marks that run FAILED with the reason before it drops the
+    checkpoints; a pipeline's rerun has usually closed it already. Returns the run id closed.
+    """
+    meta = ckpt_dir / FINGERPRINT
+    run_id = read_json(meta).get("run_id") if meta.is_file() else None
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    c = tracking.client()
+    try:
+        run = c.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None  # another store's run
+    if run.info.status != "RUNNING":
+        return None
+    c.set_tag(
+        run_id,
+        tracking.ORPHAN_TAG,
+        f"training ended without closing this run (killed); its checkpoints in {ckpt_dir} were "
+        "dropped by the next training, which started afresh",
+    )
+    c.set_terminated(run_id, status="FAILED")
+    return run_id
+
+
 def _open_run(cfg: Config, parent_run_id: str | None, resume_run: str | None) -> str:
     if resume_run:
+        from mlflow.exceptions import MlflowException
+
         try:
             tracking.client().update_run(resume_run, status="RUNNING")
             return resume_run
-        except Exception:  # the run is gone (another store): a new one
-            pass
+        except MlflowException as exc:  # faults: only a missing run means "a new one"
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # network, credentials, a locked database: not a reason to fork the run
+            log.warning("train: checkpoint run %s is not in this store: new run", resume_run)
     return tracking.start_run(
         cfg.register_.experiment, "train", parent_run_id, tags={"dlops.stage": "train"}
     )
 
 
-def _fit_parts(cfg: Config, info: dict[str, Any]) -> tuple[Any, Any, list]:
-    """Seeded module, DataModule and callbacks (best, last, early stop), as every rank builds."""
+def _fit_parts(
+    cfg: Config, info: dict[str, Any], ckpt_dir: Path | None = None
+) -> tuple[Any, Any, list, Any]:
+    """Seeded module, DataModule, callbacks (best, last, early stop), budget: as every rank.
+
+    After cross-validated tuning: train+validation, the tuned steps, no early stopping.
+    """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from torch.utils.data import ConcatDataset
 
     from models.datamodule import DataModule
     from models.metrics import VAL_LOSS
+    from models.progress import Progress
+    from tasks.testhook import pause_point
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = build_module(cfg, info, cfg.train.max_epochs)
-    dm = DataModule(cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed)
-    ckpt_dir = Path(cfg.paths.checkpoint_dir)
+    b = train_budget(cfg, info)
+    module = build_module(cfg, info, b.epochs)
+    dm = DataModule(
+        cfg.paths.processed_dir, batch_size=cfg.train.batch_size, seed=cfg.seed, repeats=b.repeats
+    )
+    ckpt_dir = ckpt_dir or Path(cfg.paths.checkpoint_dir)
+    # every epoch: `save_last=True` writes only in epochs that improve val/loss (Lightning 2.6)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False)
+    if tuned_cv(cfg):
+        dm.setup()
+        dm.datasets["train"] = ConcatDataset([dm.datasets["train"], dm.datasets["val"]])
+        return module, dm, [last], b  # no validation to choose on: the best is the last
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename=BEST, monitor=VAL_LOSS, mode="min"),
-        # every epoch: `save_last=True` writes only in epochs that improve val/loss (Lightning 2.6)
-        ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, enable_version_counter=False),
+        last,
         EarlyStopping(monitor=VAL_LOSS, mode="min", patience=cfg.train.patience),
+        # faults: per-epoch progress on the logger "dlops"; the test hook (tasks/testhook.py)
+        Progress("train", after_first_epoch=functools.partial(pause_point, "train")),
     ]
-    return module, dm, callbacks
+    return module, dm, callbacks, b
 
 
 def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> TrainResult:
@@ -313,8 +405,9 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
         return _worker(cfg, info, resume)
     last, resume_run = resumable(cfg, print) if resume else (None, None)
     if last is None:
+        close_killed_run(ckpt_dir)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    module, dm, callbacks = _fit_parts(cfg, info)
+    module, dm, callbacks, b = _fit_parts(cfg, info)
 
     run_id = _open_run(cfg, parent_run_id, resume_run)
     resumed_epoch = None
@@ -323,7 +416,15 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             _log_inputs(cfg, run_id)
             tracking.log_params(
                 run_id,
-                {"arch": cfg.arch, "task": info["task"], "modality": info["modality"]},
+                {
+                    "arch": cfg.arch,
+                    "task": info["task"],
+                    "modality": info["modality"],
+                    "budget.epochs": b.epochs,
+                    "budget.repeats": b.repeats,
+                    "budget.steps": b.total_steps,
+                    "budget.train_on": "train+val" if tuned_cv(cfg) else "train",
+                },
             )
         else:
             tracking.client().set_tag(run_id, "dlops.resumed_from", str(last))
@@ -339,7 +440,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             log_model=False,
         )
         ckpt = callbacks[0]
-        trainer = make_trainer(cfg, cfg.train.max_epochs, callbacks, logger=logger)
+        trainer = make_trainer(cfg, b.epochs, callbacks, logger=logger, max_steps=b.max_steps)
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
         best_path = Path(ckpt.best_model_path or ckpt_dir / f"{BEST}.ckpt")
         state = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -351,8 +452,18 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
         best_epoch = int(state["epoch"])
         # under ddp_spawn this process's trainer does not count the epochs: last.ckpt does
         last_ckpt = ckpt_dir / f"{LAST}.ckpt"
-        epochs = int(torch.load(last_ckpt, weights_only=True, mmap=True)["epoch"]) + 1
+        last_state = torch.load(last_ckpt, weights_only=True, mmap=True)
+        epochs, steps = int(last_state["epoch"]) + 1, int(last_state["global_step"])
         module.net.load_state_dict(net_state)
+        if cfg.train.ensemble > 1:
+            from models.networks import Ensemble
+
+            members = [module.net]
+            with tempfile.TemporaryDirectory(dir=ckpt_dir) as tmp:
+                for i in range(1, cfg.train.ensemble):
+                    members.append(_fit_member(cfg, info, i, Path(tmp) / f"member-{i}"))
+            module.net = Ensemble(members, info["task"])
+            net_state = module.net.state_dict()
         # re-score the best epoch in this process, without the logger (one point per epoch)
         with single_process() if rank is not None else contextlib.nullcontext():
             scorer = make_trainer(
@@ -377,10 +488,12 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
                     "task": info["task"],
                     "modality": info["modality"],
                     "spec": module.spec.to_dict(),
+                    "ensemble": cfg.train.ensemble,
                     "hyperparameters": dict(module.hparams),
                     "batch_size": cfg.train.batch_size,
                     "mlflow_run_id": run_id,
                     "best_epoch": best_epoch,
+                    "steps": steps,
                 },
             )
         result = TrainResult(
@@ -392,6 +505,7 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
             epochs=epochs,
             best_epoch=best_epoch,
             resumed_from_epoch=resumed_epoch,
+            steps=steps,
         )
         write_json(
             cfg.paths.train_metrics,
@@ -400,9 +514,14 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
                 f"best_{metric_name.replace('/', '_')}": result.best_val_metric,
                 "epochs": result.epochs,
                 "best_epoch": result.best_epoch,
+                "steps": steps,
             },
         )
         c = tracking.client()
+        cv = tuned_cv(cfg)
+        if cv:  # the validation split was trained on: the honest estimate is the CV score
+            c.log_metric(run_id, "cv/val_loss", float(cv["value"]))
+            c.set_tag(run_id, "dlops.val_in_training", "true")
         c.log_metric(run_id, "best/val_loss", result.best_val_loss)
         c.log_metric(run_id, f"best/{metric_name}", result.best_val_metric)
         c.log_metric(run_id, "best/epoch", best_epoch)
@@ -414,14 +533,29 @@ def run(cfg: Config, parent_run_id: str | None = None, resume: bool = False) -> 
     return result
 
 
+def _fit_member(cfg: Config, info: dict[str, Any], i: int, ckpt_dir: Path) -> Any:
+    """Ensemble member i: the same fit with seed + i, its best network (no MLflow, no files)."""
+    import torch
+
+    member_cfg = cfg.with_values({"seed": cfg.seed + i})
+    module, dm, callbacks, b = _fit_parts(member_cfg, info, ckpt_dir)
+    trainer = make_trainer(member_cfg, b.epochs, callbacks, max_steps=b.max_steps)
+    trainer.fit(module, datamodule=dm)
+    state = torch.load(callbacks[0].best_model_path, map_location="cpu", weights_only=True)
+    module.net.load_state_dict(
+        {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    )
+    return module.net.eval()
+
+
 def _worker(cfg: Config, info: dict[str, Any], resume: bool) -> TrainResult:
     """A non-zero rank under torchrun or SLURM: the same fit, no MLflow run, no files."""
     from models.metrics import HEADLINE
 
     last, _ = resumable(cfg, lambda _: None) if resume else (None, None)
     # the same callbacks as rank zero (their state is synchronized), which alone writes files
-    module, dm, callbacks = _fit_parts(cfg, info)
-    trainer = make_trainer(cfg, cfg.train.max_epochs, callbacks)
+    module, dm, callbacks, b = _fit_parts(cfg, info)
+    trainer = make_trainer(cfg, b.epochs, callbacks, max_steps=b.max_steps)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
     nan = float("nan")
     metric = HEADLINE[info["task"]]["val"]
@@ -435,13 +569,18 @@ def main() -> None:
         "--resume", action="store_true", help="continue from the last checkpoint if it matches"
     )
     args = parser.parse_args()
-    r = run(load_config(), resume=args.resume)
-    if not r.run_id:  # a worker rank: rank zero reports
-        return
-    print(
-        f"train: best {r.metric_name} {r.best_val_metric:.4f} val/loss {r.best_val_loss:.4f} at "
-        f"epoch {r.best_epoch} of {r.epochs}; MLflow run {r.run_id}"
-    )
+    from tasks.entry import run_stage
+
+    def body(cfg: Config) -> str:
+        r = run(cfg, resume=args.resume)
+        if not r.run_id:  # a worker rank: rank zero reports
+            return ""
+        return (
+            f"train: best {r.metric_name} {r.best_val_metric:.4f} val/loss "
+            f"{r.best_val_loss:.4f} at epoch {r.best_epoch} of {r.epochs}; MLflow run {r.run_id}"
+        )
+
+    run_stage("train", body, check_upstream=launched_rank() in (None, 0))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tasks import optuna_storage, tracking, tune_study
-from tasks.config import Choices, Config, FloatRange, IntRange, load_config
-from tasks.train import build_module, data_info, make_trainer
+from tasks import cv, optuna_storage, tracking, tune_study
+from tasks.config import Choices, Config, FloatRange, IntRange
+from tasks.train import build_module, data_info, make_trainer, trial_budget
 from tasks.tune_workers import Launcher, WorkerSpec, check_workers, die_with_parent, launch_local
 from tasks.utils import write_json
 
@@ -61,7 +62,7 @@ def suggest(trial: Any, cfg: Config) -> dict[str, Any]:
     `model.arch` is drawn first; `model.<arch>.*` dimensions are drawn only when that arch is the
     trial's (conditional parameters: an LSTM's hidden size only for RNNs).
     """
-    space = cfg.tune.space
+    space = cfg.search_space()
     params: dict[str, Any] = {}
     if "model.arch" in space:
         params["model.arch"] = _draw(trial, "model.arch", space["model.arch"])
@@ -94,6 +95,7 @@ class TrialData:
     dm: Any
     info: dict[str, Any]
     headline: str
+    use_cv: bool = False  # a small validation split: trials scored by k-fold CV (tasks.cv)
 
     @classmethod
     def load(cls, cfg: Config) -> TrialData:
@@ -107,7 +109,7 @@ class TrialData:
         dm = DataModule(cfg.paths.processed_dir, seed=cfg.seed)
         dm.setup()
         info = data_info(cfg.paths.processed_dir)
-        return cls(dm, info, HEADLINE[info["task"]]["val"])
+        return cls(dm, info, HEADLINE[info["task"]]["val"], cv.needed(cfg, info))
 
 
 def objective(
@@ -119,8 +121,9 @@ def objective(
     from optuna_integration import PyTorchLightningPruningCallback
 
     from models.metrics import VAL_LOSS
+    from models.progress import Progress
+    from tasks.testhook import pause_point
 
-    t = cfg.tune
     values = suggest(trial, cfg)
     trial_cfg = cfg.with_values(values)
     trial_run = tracking.start_run(
@@ -132,13 +135,25 @@ def objective(
     trial.set_user_attr(tune_study.RUN_ATTR, trial_run)  # an orphan's run is ended FAILED
     c = tracking.client()
     tracking.log_params(trial_run, {**values, "arch": trial_cfg.arch})
+    if data.use_cv:  # k-fold CV inside train; cv.run_trial logs and ends the trial's run
+        seed = cfg.seed + trial.number
+        return cv.run_trial(trial, trial_cfg, data.info, data.dm, trial_run, seed)
     L.seed_everything(cfg.seed + trial.number, workers=True, verbose=False)
-    data.dm.batch_size = trial_cfg.train.batch_size
-    module = build_module(trial_cfg, data.info, t.max_epochs)
+    b = trial_budget(trial_cfg, data.info)
+    data.dm.batch_size, data.dm.repeats = trial_cfg.train.batch_size, b.repeats
+    module = build_module(trial_cfg, data.info, b.epochs)
     pruning = PyTorchLightningPruningCallback(trial, monitor=VAL_LOSS)
     # one process per trial: parallelism is across trials (workers), not inside one
+    # per-epoch progress on the logger "dlops"; the test hook pauses after the first epoch
+    progress = Progress(f"tune trial {trial.number}", "tune", partial(pause_point, "tune"))
     trainer = make_trainer(
-        trial_cfg, t.max_epochs, [pruning], enable_checkpointing=False, devices=1, strategy="auto"
+        trial_cfg,
+        b.epochs,
+        [pruning, progress],
+        enable_checkpointing=False,
+        devices=1,
+        strategy="auto",
+        max_steps=b.max_steps,
     )
     state = "COMPLETE"
     try:
@@ -163,6 +178,13 @@ def objective(
     return float(trainer.callback_metrics[VAL_LOSS])
 
 
+def pruner(cfg: Config) -> Any:
+    """The study's pruner; under k-fold CV a trial reports folds x epochs steps."""
+    t = cfg.tune
+    folds = t.cv_folds if cv.needed(cfg, data_info(cfg.paths.processed_dir)) else 1
+    return make_pruner(t.pruner, t.max_epochs * folds)
+
+
 def sampler(cfg: Config, index: int) -> Any:
     """TPE seeded per worker (the same seed would draw the same points in every worker)."""
     import optuna
@@ -182,7 +204,7 @@ def work(spec: WorkerSpec, index: int, storage: optuna_storage.StudyStorage | No
         study_name=spec.study,
         storage=storage.open(),
         sampler=sampler(cfg, index),
-        pruner=make_pruner(cfg.tune.pruner, cfg.tune.max_epochs),
+        pruner=pruner(cfg),
     )
     return _trials(study, cfg, spec, storage)
 
@@ -256,7 +278,7 @@ def run(
         opened,
         storage.lock(name),
         sampler(cfg, 0),
-        make_pruner(t.pruner, t.max_epochs),
+        pruner(cfg),
         end_orphan_run,
         defined,
     )
@@ -341,6 +363,8 @@ def _summarize(
             "n_failed": n_failed,
             "n_orphaned": orphaned,
             "warm_start_from": found.warm_start_from,
+            # cross-validated (small validation split): what train fits on train+val
+            "cv": best.user_attrs.get(cv.CV_ATTR),
         },
     )
     c = tracking.client()
@@ -390,6 +414,7 @@ def log_plots(run_id: str, study: Any) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point for `python -m tasks.tune` (dvc.yaml), and for its workers (`--worker`)."""
+    from tasks.entry import run_stage
     from tasks.runtime import setup
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -398,23 +423,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--index", type=int, default=1, help="the worker's index (its seed)")
     args = parser.parse_args(argv)
-    setup()  # .env (DLOPS_OPTUNA_STORAGE), and redaction of logs and tracebacks
-    try:
-        if args.worker:
+    if args.worker:
+        setup()  # .env (DLOPS_OPTUNA_STORAGE), and redaction of logs and tracebacks
+        try:
             die_with_parent()
             text = sys.stdin.read() if args.worker == "-" else Path(args.worker).read_text()
             spec = WorkerSpec(**json.loads(text))
             n = work(spec, args.index)
-            print(f"tune worker {args.index}: {n} trials of {spec.study}")
-            return
-        r = run(load_config())
-    except optuna_storage.StorageError as exc:
-        sys.exit(f"tune: {exc}")
-    print(
-        f"tune: best trial {r.best_trial} of {r.study_name} val/loss {r.best_value:.4f} "
-        f"{r.best_params} ({r.n_complete} complete, {r.n_pruned} pruned, {r.n_failed} failed, "
-        f"{r.workers} workers)"
-    )
+        except optuna_storage.StorageError as exc:
+            sys.exit(f"tune: {exc}")
+        print(f"tune worker {args.index}: {n} trials of {spec.study}")
+        return
+
+    def body(cfg: Config) -> str:
+        r = run(cfg)
+        return (
+            f"tune: best trial {r.best_trial} of {r.study_name} val/loss {r.best_value:.4f} "
+            f"{r.best_params} ({r.n_complete} complete, {r.n_pruned} pruned, {r.n_failed} "
+            f"failed, {r.workers} workers)"
+        )
+
+    # setup(): .env, redaction; a StorageError is one line (a ConfigError); upstream checked
+    run_stage("tune", body)
 
 
 if __name__ == "__main__":

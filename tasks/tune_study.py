@@ -36,7 +36,16 @@ WORKER_ATTR = "dlops.worker"  # host:pid of the process that asked for it
 RUN_ATTR = "mlflow.run_id"  # its nested MLflow run
 ORPHANED_ATTR = "orphaned"
 # train keys that do not change a trial's result (the budget and placement are tune's own).
-NOT_DEFINING_TRAIN = ("max_epochs", "patience", "devices", "strategy", "threads")
+NOT_DEFINING_TRAIN = (
+    "max_epochs",
+    "min_steps",
+    "max_steps",
+    "patience",
+    "devices",
+    "strategy",
+    "threads",
+    "ensemble",
+)
 
 
 def data_hash(folder: str | Path) -> str:
@@ -58,12 +67,16 @@ def definition(cfg: Config) -> dict[str, Any]:
     train = {k: v for k, v in dump["train"].items() if k not in NOT_DEFINING_TRAIN}
     return {
         "data": data_hash(cfg.paths.processed_dir),
-        "space": dump["tune"]["space"],
+        # the space searched: tune.space, with model.arch over tune.archs under `auto`
+        "space": {k: d.model_dump(mode="json") for k, d in cfg.search_space().items()},
         "fixed": {
             "model": dump["model"],
             "train": train,
             "augment": dump["preprocess"]["augment"],
             "max_epochs": cfg.tune.max_epochs,
+            "min_steps": cfg.tune.min_steps,
+            "max_steps": cfg.tune.max_steps,
+            "cv": [cfg.tune.min_val_examples, cfg.tune.cv_folds],
             "pruner": cfg.tune.pruner,
         },
         "seed": cfg.seed,
@@ -222,7 +235,7 @@ def open_study(
                 summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
                 earlier = latest_study(summaries, cfg.model_name, exclude=name)
                 if earlier is not None:
-                    params = valid_params(earlier.best_trial.params, cfg.tune.space)
+                    params = valid_params(earlier.best_trial.params, cfg.search_space())
                     if params:
                         study.enqueue_trial(params, skip_if_exists=True)
                         warm = earlier.study_name

@@ -18,11 +18,14 @@ from flows.cli import configure_environment
 REPO = Path(__file__).resolve().parents[1]
 configure_environment()  # the CLI's local, telemetry-free defaults
 
-# A tiny budget: one trial, one or two epochs; everything else as shipped.
+# A tiny budget: one trial, one or two epochs (no minimum of steps); everything else as shipped.
 TINY = [
     "tune.n_trials=1",
     "tune.max_epochs=1",
+    "tune.min_steps=0",
+    "tune.min_val_examples=0",  # no k-fold (tests/unit/test_training.py covers it)
     "train.max_epochs=2",
+    "train.min_steps=0",
     "train.patience=1",
     "promote.threshold=0.5",
 ]

@@ -18,7 +18,9 @@ COMMAND_MODULES = (
     "flows.cli.run",
     "flows.cli.deploy",
     "flows.cli.suite",
+    "flows.cli.server",
     "flows.cli.dashboard",
+    "flows.cli.serve",
 )
 
 __all__ = ["build_parser", "configure_environment", "find_project_root", "main"]

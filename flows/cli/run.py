@@ -39,6 +39,12 @@ def _summary(result: dict[str, Any]) -> str:
     lines.append(
         f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (runs, plots, registry)"
     )
+    prefect = result.get("prefect")
+    if prefect:
+        ui = redact(prefect["url"]).removesuffix("/api")
+        local = prefect["server"] != "configured"
+        note = "flow runs; dlops' local server: dlops server stop" if local else "flow runs"
+        lines.append(f"  {ui}   ({note})")
     if result.get("experiment"):
         name = result["experiment"]
         lines.append(f"  ran in its own workspace {result['workspace']} (params.yaml untouched)")
@@ -92,9 +98,14 @@ def _preflight(overrides: list[str]) -> Any:
     source = cfg.data.source
     local = source and ("://" not in source or source.startswith("file://"))
     if local and not source.startswith(ENV_PREFIX):
+        # the checks ingest's fetch makes first, with its messages
         path = Path(source.removeprefix("file://"))
         if not path.exists():
             raise DataError(f"{source}: file not found")
+        if cfg.modality == "images" and not path.is_dir():
+            raise DataError(f"{source}: images need a folder root/<class>/<image>, got a file")
+        if cfg.modality != "images" and path.is_dir():
+            raise DataError(f"{source}: expected a file for {cfg.modality}, got a folder")
     return cfg
 
 
@@ -117,6 +128,23 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _warm_ups() -> list[Any]:
+    """What a first run needs anyway, done while the Prefect server it started boots."""
+
+    def mlflow_store() -> None:  # import MLflow and open (a new one: migrate) its store
+        from tasks import tracking
+
+        tracking.client().search_experiments(max_results=1)
+
+    def lightning() -> None:
+        import lightning  # noqa: F401
+
+    def great_expectations() -> None:
+        import great_expectations  # noqa: F401
+
+    return [mlflow_store, lightning, great_expectations]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the whole pipeline as a Prefect flow (hermetic: params.yaml is never written)."""
     from tasks.config import ConfigError
@@ -129,15 +157,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(exc, 2)
     except DataError as exc:
         return _fail(exc, 1)
+    from flows import server
+
+    try:  # before Prefect is imported: it reads PREFECT_API_URL once
+        conn = server.use()
+    except (OSError, server.ServerError) as exc:
+        return _fail(exc, 1)
     from flows.cli.console import quiet_console
 
     quiet_console(_expected_errors())
-    from flows.pipeline import pipeline
+    from flows.pipeline import pipeline  # imports Prefect while a started server boots
 
     try:
+        server.ready(conn, meanwhile=_warm_ups())
         result = pipeline(overrides=overrides)
+    except server.ServerError as exc:
+        return _fail(exc, 1)
     except _expected_errors() as exc:
         return _fail(exc, 1)
+    result["prefect"] = {"url": conn.url, "server": conn.origin}
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:

@@ -14,12 +14,11 @@ failure with one line naming every failed expectation (the first few, and how ma
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Config, load_config
+from tasks.config import Config
 from tasks.sources import DataError, Manifest, one_line
 from tasks.utils import atomic_dir, read_json, write_json
 from tasks.validate import messages
@@ -232,15 +231,15 @@ def init_suite(
 
 def main() -> None:
     """Entry point for `python -m tasks.validate` (dvc.yaml): exit non-zero on failure."""
-    from tasks.runtime import setup
+    from tasks.entry import run_stage
 
     argparse.ArgumentParser(description=__doc__).parse_args()
-    setup()
-    try:
-        result = run(load_config())
-    except DataValidationError as exc:
-        sys.exit(f"validate: {exc}")
-    print(
-        f"validate: {result.n_expectations} expectations passed (suite {result.suite_path}) "
-        f"-> {result.result_path}"
-    )
+
+    def body(cfg: Config) -> str:
+        result = run(cfg)
+        return (
+            f"validate: {result.n_expectations} expectations passed (suite {result.suite_path}) "
+            f"-> {result.result_path}"
+        )
+
+    run_stage("validate", body)

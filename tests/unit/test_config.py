@@ -20,11 +20,11 @@ def test_shipped_params_load():
     [
         (["data.dataset=breast_cancer"], "tables", "mlp", "classification"),
         (["data.dataset=diabetes"], "tables", "mlp", "regression"),
-        (["data.dataset=waveforms"], "sequences", "cnn1d", "classification"),
+        (["data.dataset=waveforms"], "sequences", "fcn", "classification"),
         (["data.dataset=waveforms", "model.arch=rnn"], "sequences", "rnn", "classification"),
         (["data.source=/x/houses.parquet"], "tables", "mlp", None),
         (["data.source=s3://bucket/pets/"], "images", "cnn", "classification"),
-        (["data.source=https://host/ecg.npz"], "sequences", "cnn1d", None),
+        (["data.source=https://host/ecg.npz"], "sequences", "fcn", None),
     ],
 )
 def test_modality_arch_and_task_resolved_without_reading_data(overrides, modality, arch, task):
@@ -61,7 +61,7 @@ def test_with_values_applies_dotted_paths_and_validates():
             "train.scheduler: Input should be 'cosine', 'step', 'onecycle', 'plateau' or 'none'",
         ),
         ("model.activation=swish", "model.activation: Input should be 'relu', 'leaky_relu'"),
-        ("model.arch=rnn", "model.arch: rnn does not apply to images (use cnn or mlp)"),
+        ("model.arch=rnn", "model.arch: rnn does not apply to images (use cnn, resnet or mlp)"),
         ("train.loss=mse", "train.loss: mse is a regression loss, the task is classification"),
         ("promote.metric=rmse", "promote.metric: rmse is a regression metric"),
         ("train.precision=16-mixed", "precision 16-mixed needs a GPU"),

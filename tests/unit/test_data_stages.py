@@ -250,12 +250,31 @@ def test_unknown_modality_is_a_config_error(workspace):
         cfg_for(workspace, "data.source=/d/x.csv", "data.modality=audio")
 
 
-def test_target_that_does_not_fit_the_loss_is_refused_at_ingest(workspace, tmp_path):
+def test_target_that_does_not_fit_the_loss_is_refused_by_the_stages_reading_it(
+    workspace, tmp_path, monkeypatch
+):
+    from tasks.config import require_task, write_overrides
+    from tasks.entry import run_stage
+
     src = tmp_path / "people.csv"
     write_table(src)
-    cfg = cfg_for(workspace, f"data.source={src}", "data.target=label", "train.loss=mse")
-    with pytest.raises(ConfigError, match="train.loss: mse is a regression loss"):
-        ingest.run(cfg)
+    overrides = [f"data.source={src}", "data.target=label", "train.loss=mse"]
+    cfg = cfg_for(workspace, *overrides)
+    # ingest reads data.* alone (its DVC params): it records the data and tells the task
+    manifest = ingest.run(cfg).manifest
+    assert manifest.task == "classification"
+    # the flow, right after ingest: train.* and promote.* against that task
+    with pytest.raises(ConfigError, match=f"{src}: train.loss: mse is a regression loss"):
+        require_task(cfg, manifest.task, str(src))
+    # `python -m tasks.train` (and tune): train.* against the processed data's task
+    preprocess.run(cfg)
+    write_overrides(workspace / "params.yaml", overrides)
+    with pytest.raises(SystemExit) as exited:
+        run_stage("train", lambda _: "trained", check_upstream=False)
+    assert str(exited.value.code) == (
+        f"train: {cfg.paths.processed_dir}: train.loss: mse is a regression loss, the task is "
+        "classification"
+    )
 
 
 def test_manifest_round_trip(workspace):

@@ -136,7 +136,12 @@ def test_train_then_evaluate(processed):
     [
         (["data.dataset=wine"], "mlp"),
         (["data.dataset=waveforms", "model.arch=rnn", "model.rnn.cell=lstm"], "rnn"),
-        (["data.dataset=waveforms"], "cnn1d"),
+        (["data.dataset=waveforms"], "fcn"),
+        (
+            ["data.dataset=waveforms", "model.arch=resnet1d", "model.resnet1d.channels=8"],
+            "resnet1d",
+        ),
+        (["model.arch=resnet", "model.resnet.channels=8"], "resnet"),
     ],
 )
 def test_each_modality_trains_and_evaluates(workspace, overrides, arch):

@@ -19,18 +19,32 @@ from models.networks import NetSpec, activation, build_network, load_network
 
 torch.set_num_threads(1)
 
-SHAPES = {"mlp": (6,), "cnn": (1, 8, 8), "cnn1d": (12, 3), "rnn": (12, 3)}
+SHAPES = {
+    "mlp": (6,),
+    "cnn": (1, 8, 8),
+    "resnet": (1, 8, 8),
+    "cnn1d": (12, 3),
+    "fcn": (12, 3),
+    "resnet1d": (12, 3),
+    "rnn": (12, 3),
+}
 SMALL = {
     "mlp": {"width": 32},
     "cnn": {"channels": 8, "hidden": 16},
+    "resnet": {"channels": 8},
     "cnn1d": {"channels": 8, "hidden": 16},
+    "fcn": {"channels": 8},
+    "resnet1d": {"channels": 8},
     "rnn": {"hidden": 16},
 }
 ARCHS = {
     "mlp": ("mlp", SMALL["mlp"]),
     "mlp-on-images": ("mlp", SMALL["mlp"]),
     "cnn": ("cnn", SMALL["cnn"]),
+    "resnet": ("resnet", SMALL["resnet"]),
     "cnn1d": ("cnn1d", SMALL["cnn1d"]),
+    "fcn": ("fcn", SMALL["fcn"]),
+    "resnet1d": ("resnet1d", SMALL["resnet1d"]),
     "rnn-gru": ("rnn", SMALL["rnn"]),
     "rnn-lstm-bi-stacked": (
         "rnn",
@@ -67,6 +81,43 @@ def test_every_arch_outputs_the_right_shape_and_learns(case: str, task: str):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    ("arch", "sizes"),
+    [
+        ("fcn", [(1, 3), (7, 3), (251, 3)]),
+        ("resnet1d", [(1, 3), (9, 3), (427, 3)]),
+        ("cnn1d", [(5, 3), (40, 3)]),
+        ("rnn", [(2, 3), (30, 3)]),
+        ("resnet", [(1, 1, 1), (1, 7, 13), (1, 32, 32)]),
+    ],
+)
+def test_networks_take_any_length_or_size(arch: str, sizes: list[tuple[int, ...]]):
+    net = build_network(NetSpec(arch, SHAPES[arch], 4, options=SMALL[arch])).eval()
+    for size in sizes:
+        out = net(torch.randn(2, *size))
+        assert out.shape == (2, 4) and torch.isfinite(out).all()
+
+
+def test_fcn_is_three_conv_bn_blocks_with_global_pooling():
+    net = build_network(NetSpec("fcn", (50, 2), 3))
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv1d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [
+        (2, 64, 8),
+        (64, 128, 5),
+        (128, 64, 3),
+    ]
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in net.modules()) == 3
+    # even kernels keep the length: the features have as many steps as the input
+    assert net.features(torch.zeros(1, 2, 50)).shape == (1, 64, 50)
+
+
+def test_resnet1d_has_three_residual_blocks_of_three_convs():
+    net = build_network(NetSpec("resnet1d", (50, 1), 3))
+    assert len(net.features) == 3
+    for block in net.features:
+        assert sum(isinstance(m, nn.Conv1d) for m in block.body.modules()) == 3
 
 
 @pytest.mark.parametrize("name", ["relu", "leaky_relu", "gelu", "tanh", "sigmoid"])
@@ -347,3 +398,29 @@ def test_build_augment_picks_the_modality_and_its_keys():
         build_augment("audio", options)
     with pytest.raises(ValueError, match="mixup"):
         build_augment("images", {**options, "mixup": 0.2})
+
+
+@pytest.mark.parametrize("arch", ["fcn", "resnet1d", "resnet", "ensemble"])
+def test_new_networks_export_with_dynamic_batch_and_length(arch: str):
+    from torch.export import Dim, export
+
+    from models.networks import build_ensemble
+
+    batch = Dim("batch", min=1, max=4096)
+    if arch == "resnet":
+        net = build_network(NetSpec("resnet", (1, 16, 16), 3, options=SMALL["resnet"]))
+        dims = {0: batch, 2: Dim("h", min=8, max=1024), 3: Dim("w", min=8, max=1024)}
+        x, other = torch.randn(3, 1, 16, 16), torch.randn(5, 1, 23, 31)
+    else:
+        spec = NetSpec("fcn" if arch == "ensemble" else arch, (50, 2), 3, options={"channels": 4})
+        net = (
+            build_ensemble(spec, 2, "classification")
+            if arch == "ensemble"
+            else build_network(spec)
+        )
+        dims = {0: batch, 1: Dim("length", min=8, max=4096)}
+        x, other = torch.randn(3, 50, 2), torch.randn(5, 77, 2)
+    net.eval()
+    program = export(net, (x,), dynamic_shapes={"x": dims})
+    with torch.no_grad():
+        assert torch.allclose(program.module()(other), net(other), atol=1e-5)

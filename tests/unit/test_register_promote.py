@@ -441,3 +441,50 @@ def test_cli_entry_points_and_champion_shortcut(
     assert same.promoted and same.champion_version == "1"
     assert same.reason == "v1 already holds @champion: nothing to do"
     assert not any(k.startswith("promotion.") for k in client.get_model_version(NAME, "1").tags)
+
+
+def _decided(client, version: str, decision: str, against: str) -> None:
+    """The tags a promotion writes before it moves the alias (a run killed right there)."""
+    tags = {
+        promote.TAG_REASON: f"{decision} (test)",
+        promote.TAG_METRIC: "accuracy",
+        promote.TAG_NEW_SCORE: "0.9",
+        promote.TAG_CHAMPION_SCORE: "0.9",
+        promote.TAG_CHAMPION_VERSION: against,
+        promote.TAG_DECISION: decision,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(NAME, version, key, value)
+
+
+def test_a_decision_whose_alias_move_was_cut_short_is_finished_once(
+    tmp_path, tiny_model, sqlite_mlflow
+):
+    cfg = make_cfg(tmp_path)
+    client = tracking.client()
+    v1 = register_weights(tiny_model, cfg)
+    assert promote.run(cfg, NAME, v1.version).promoted
+    state = torch.load(tiny_model.train_dir / "model.pt", weights_only=True)
+    v2 = register_weights(tiny_model, cfg, nudged(state, 1e-7)).version
+    v3 = register_weights(tiny_model, cfg, nudged(state, 2e-7)).version
+    v4 = register_weights(tiny_model, cfg, nudged(state, 3e-7)).version
+
+    # v2 promoted against v1, killed before the alias moved: the rerun moves @champion
+    _decided(client, v2, promote.PROMOTED, "1")
+    assert promote._alias_version(client, NAME, "champion") == "1"
+    again = promote.run(cfg, NAME, v2)
+    assert again.promoted and again.champion_version == v2
+    assert promote._alias_version(client, NAME, "champion") == v2
+
+    # v4 rejected and holding @challenger; v3's rejection (against v2) was cut short: the rerun
+    # does not move @challenger back to the older v3
+    _decided(client, v4, promote.REJECTED, v2)
+    client.set_registered_model_alias(NAME, "challenger", v4)
+    _decided(client, v3, promote.REJECTED, v2)
+    assert not promote.run(cfg, NAME, v3).promoted
+    assert promote._alias_version(client, NAME, "challenger") == v4
+    # a decision made against a champion that has been replaced since is left as it was
+    client.delete_registered_model_alias(NAME, "challenger")
+    _decided(client, v3, promote.PROMOTED, "1")
+    promote.run(cfg, NAME, v3)
+    assert promote._alias_version(client, NAME, "champion") == v2
