@@ -262,7 +262,8 @@ def run(
     storage = optuna_storage.resolve(cfg)
     check_workers(cfg, storage, local=launcher is None)
     opened = storage.open()  # before any MLflow run: a bad storage fails fast, in one line
-    name = tune_study.study_name(cfg)
+    defined = tune_study.definition(cfg)  # hashes the processed data: once
+    name = tune_study.study_name(cfg, defined)
     c = tracking.client()
 
     def end_orphan_run(run_id: str) -> None:
@@ -279,6 +280,7 @@ def run(
         sampler(cfg, 0),
         pruner(cfg),
         end_orphan_run,
+        defined,
     )
     study = found.study
     if found.orphaned:

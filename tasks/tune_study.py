@@ -203,7 +203,14 @@ class Opened:
 
 
 def open_study(
-    cfg: Config, name: str, storage: Any, lock: Any, sampler: Any, pruner: Any, end_run: Any
+    cfg: Config,
+    name: str,
+    storage: Any,
+    lock: Any,
+    sampler: Any,
+    pruner: Any,
+    end_run: Any,
+    defined: dict[str, Any] | None = None,
 ) -> Opened:
     """Create or load the study, fail its orphans and (new study) enqueue the warm start."""
     import optuna
@@ -222,7 +229,8 @@ def open_study(
         if created:
             study.set_user_attr(MODEL_ATTR, cfg.model_name)
             study.set_user_attr(CREATED_ATTR, time.time())
-            study.set_user_attr(DEFINITION_ATTR, json.dumps(definition(cfg), sort_keys=True))
+            blob = json.dumps(defined or definition(cfg), sort_keys=True)
+            study.set_user_attr(DEFINITION_ATTR, blob)
             if storage is not None:
                 summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
                 earlier = latest_study(summaries, cfg.model_name, exclude=name)
