@@ -152,6 +152,10 @@ def run(cfg: Config, parent_run_id: str | None = None) -> TuneResult:
             sampler=optuna.samplers.TPESampler(seed=cfg.seed),
             pruner=make_pruner(t.pruner, t.max_epochs * (t.cv_folds if use_cv else 1)),
         )
+        archs = cfg.search_space().get("model.arch")
+        if cfg.model.arch == "auto" and isinstance(archs, Choices) and cfg.arch in archs.choices:
+            # the first trial is `auto`'s own arch: a short study (or a timeout) still tries it
+            study.enqueue_trial({"model.arch": cfg.arch}, skip_if_exists=True)
         study.optimize(objective, n_trials=t.n_trials, timeout=t.timeout_s)
         states = [tr.state for tr in study.trials]
         n_complete = sum(s == optuna.trial.TrialState.COMPLETE for s in states)
