@@ -165,12 +165,14 @@ def main() -> None:
     parser.add_argument("--archs", nargs="*", default=[], help="also the new defaults, arch fixed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-defaults", action="store_true", help="only the --archs columns")
+    parser.add_argument("--no-old", action="store_true", help="no column of the old defaults")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     budget = ["tune.n_trials=2", "tune.timeout_s=20"] if args.quick else []
     common = ["tune.storage=memory", "validate.min_rows=20", *budget]
-    cols = [*([] if args.no_defaults else ["old", "new"]), *[f"new/{a}" for a in args.archs]]
+    defaults = [] if args.no_defaults else ["new"] if args.no_old else ["old", "new"]
+    cols = [*defaults, *[f"new/{a}" for a in args.archs]]
     print(f"cores: {os.cpu_count()}, load: {os.getloadavg()[0]:.1f}; {' '.join(budget) or 'full'}")
     header = f"{'case':<12}{'1NN-ED':>8}{'1NN-DTW':>9}" + "".join(f"{c:>22}" for c in cols)
     print(header)

@@ -283,6 +283,15 @@ def run(
         defined,
     )
     study = found.study
+    archs = cfg.search_space().get("model.arch")
+    if (
+        not study.trials  # a new study (a resumed one keeps its queue)
+        and cfg.model.arch == "auto"
+        and isinstance(archs, Choices)
+        and cfg.arch in archs.choices
+    ):
+        # a trial with `auto`'s own arch comes early: a short study (or a timeout) still tries it
+        study.enqueue_trial({"model.arch": cfg.arch}, skip_if_exists=True)
     if found.orphaned:
         log.warning("tune: %s: trials %s of killed workers marked failed", name, found.orphaned)
     # Trials nest under the pipeline's parent run; without a flow, under the tune run itself.

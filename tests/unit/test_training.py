@@ -285,3 +285,10 @@ def test_ensemble_outputs_the_mean_of_its_members_and_round_trips_through_mlflow
     out = mlflow.pyfunc.load_model(info.model_uri).predict(to_model_input("sequences", x_raw))
     got = out[[proba_column(c) for c in pre.target.classes]].to_numpy()
     np.testing.assert_allclose(got, mean, rtol=1e-5, atol=1e-6)
+
+
+def test_the_first_trial_of_an_arch_search_is_the_auto_arch(workspace):
+    cfg = prepare(workspace, "tune.max_epochs=1", "tune.min_steps=0", "tune.cv_folds=2")
+    assert cfg.search_space()["model.arch"].choices == ["fcn", "resnet1d", "cnn1d"]
+    r = tune.run(cfg)
+    assert r.best_params["model.arch"] == "fcn"  # one trial: the enqueued one
