@@ -579,9 +579,9 @@ class TuneConfig(_Frozen):
 
     n_trials: int = Field(8, ge=1)
     timeout_s: float | None = Field(60, gt=0)
-    max_epochs: int = Field(8, ge=1)
+    max_epochs: int = Field(4, ge=1)
     # each trial (each fold) takes at least this many optimizer steps (see TrainConfig)
-    min_steps: int = Field(100, ge=0)
+    min_steps: int = Field(64, ge=0)
     max_steps: int | None = Field(None, ge=1)
     # a validation split smaller than this: trials are scored by k-fold CV inside train
     min_val_examples: int = Field(50, ge=0)
