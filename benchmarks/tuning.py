@@ -17,12 +17,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# run as a script, this folder comes first on sys.path and benchmarks/models.py would shadow
+# the models package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path.insert(0, str(REPO))
 
 
 def prepare(dest: Path, dataset: str) -> Any:
