@@ -9,7 +9,9 @@
    Goal: Hyperband's best within 0.5% of the unpruned best with <= 1/3 of the epochs.
 Every run is a real tune stage (tasks.tune.run): journal storage, nested MLflow runs in a
 temporary SQLite store.
-Usage: python benchmarks/tuning.py [--quick] [--trials N] [--epochs E]
+Usage: python benchmarks/tuning.py [--quick] [--trials N] [--epochs E] [--min-steps S]
+(a worker process starts in ~5 s: with ~1 s trials, as the built-ins' defaults give, a second
+worker cannot pay; `--min-steps 1000` makes trials long enough to measure the parallelism)
 """
 
 from __future__ import annotations
@@ -75,9 +77,11 @@ def tune_once(cfg: Any, home: Path, **values: Any) -> dict[str, Any]:
     }
 
 
-def throughput(root: Path, trials: int, epochs: int) -> None:
+def throughput(root: Path, trials: int, epochs: int, min_steps: int | None) -> None:
     """Trials/minute with 1 and 2 workers, same study settings."""
     cfg = prepare(root / "digits", "digits")
+    if min_steps is not None:  # longer trials: a worker's start (~5 s) matters less
+        cfg = cfg.with_values({"tune.min_steps": min_steps})
     # this process's imports are paid before timing (a second worker's are part of its cost)
     tune_once(cfg, root / "warm-up", workers=1, n_trials=1, max_epochs=1, pruner="none")
     rows = {}
@@ -90,7 +94,11 @@ def throughput(root: Path, trials: int, epochs: int) -> None:
             max_epochs=epochs,
             pruner="none",
         )
-    print(f"\n## Throughput: digits, {trials} trials x {epochs} epochs, no pruning")
+    steps = cfg.tune.min_steps
+    print(
+        f"\n## Throughput: digits, {trials} trials x {epochs} epochs (>= {steps} steps), "
+        "no pruning"
+    )
     print(f"{'workers':>8} {'trials':>7} {'wall s':>8} {'trials/min':>11} {'span-rate':>10}")
     for w, row in rows.items():
         per_min, span_rate = 60 * row["trials"] / row["wall"], 60 * row["trials"] / row["span"]
@@ -141,6 +149,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small budget (sanity check)")
     parser.add_argument("--trials", type=int, help="trials per study")
     parser.add_argument("--epochs", type=int, help="epochs per trial (at most, when pruned)")
+    parser.add_argument(
+        "--min-steps", type=int, help="throughput: tune.min_steps per trial (default: params)"
+    )
     parser.add_argument("--skip", choices=["throughput", "pruning"], help="leave one out")
     args = parser.parse_args()
     trials = args.trials or (6 if args.quick else 24)
@@ -152,7 +163,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dlops-bench-tuning-") as tmp:
         root = Path(tmp)
         if args.skip != "throughput":
-            throughput(root, trials, epochs)
+            throughput(root, trials, epochs, args.min_steps)
         if args.skip != "pruning":
             pruning(root, max(trials, 8), epochs)
         os.chdir(REPO)
