@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 
 import psutil
 import pytest
@@ -16,8 +18,13 @@ def home(tmp_path, monkeypatch):
     """A Prefect home of its own, no Prefect API configured (no env, no profile naming one)."""
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
-    yield tmp_path / "prefect-home"
-    server.stop()  # whatever a failed assertion left running
+    with contextlib.ExitStack() as stack:
+        if "prefect.settings" in sys.modules:  # the suite's harness set an API URL: unset it here
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            stack.enter_context(temporary_settings(restore_defaults={PREFECT_API_URL}))
+        yield tmp_path / "prefect-home"
+        server.stop()  # whatever a failed assertion left running
 
 
 def _group(pid: int) -> list[psutil.Process]:
