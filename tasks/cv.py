@@ -72,8 +72,8 @@ def score(
 
     from models.datamodule import DataModule
     from models.metrics import VAL_LOSS
+    from models.trainer import build_module, make_trainer
     from models.training import budget
-    from tasks.train import build_module, make_trainer
 
     t = cfg.tune
     seed = cfg.seed if seed is None else seed

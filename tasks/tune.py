@@ -21,9 +21,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from models.trainer import build_module, make_trainer
 from tasks import cv, optuna_storage, tracking, tune_study
 from tasks.config import Choices, Config, FloatRange, IntRange
-from tasks.train import build_module, data_info, make_trainer, trial_budget
+from tasks.train import data_info, trial_budget
 from tasks.tune_workers import Launcher, WorkerSpec, check_workers, die_with_parent, launch_local
 from tasks.utils import write_json
 
