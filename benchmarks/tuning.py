@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-# run as a script, this folder comes first on sys.path and benchmarks/models.py would shadow
+# run as a script, this folder comes first on sys.path and benchmarks/model_quality.py would shadow
 # the models package
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 sys.path.insert(0, str(REPO))

@@ -8,9 +8,9 @@ like the cases of issue 10 (3 classes x 12 training sequences of 251 steps; 2 cl
 of params.yaml ("new") or with the defaults as they were before issue 10 ("old": cnn1d, epochs
 only, no k-fold, no sequence augmentation). Prints test accuracy and wall time side by side.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/models.py               # everything
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/models.py --quick       # 2 trials, 20 s tune
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/models.py --cases 3c-12x251 --archs fcn resnet1d
+    .venv/bin/python benchmarks/model_quality.py               # everything
+    .venv/bin/python benchmarks/model_quality.py --quick       # 2 trials, 20 s tune
+    .venv/bin/python benchmarks/model_quality.py --cases 3c-12x251 --archs fcn resnet1d
 """
 
 from __future__ import annotations
