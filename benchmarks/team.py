@@ -47,6 +47,11 @@ def _sh(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True):
     return out
 
 
+def _psql(sql: str, cwd: Path) -> None:
+    cmd = ["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-c", sql]
+    _sh(cmd, cwd, check=False)
+
+
 def _timed(cmd: list[str], cwd: Path, env: dict) -> float:
     start = time.perf_counter()
     _sh(cmd, cwd, env)
@@ -113,36 +118,8 @@ def main() -> None:
         finally:
             _sh([*make, "down", "PURGE=1"], REPO, stack_env, check=False)
             for db in ("mlflow", "mlflow_auth", "prefect", "optuna"):
-                _sh(
-                    [
-                        "psql",
-                        "-X",
-                        "-q",
-                        "-h",
-                        "127.0.0.1",
-                        "-U",
-                        "postgres",
-                        "-c",
-                        f'DROP DATABASE IF EXISTS "{prefix}_{db}" WITH (FORCE)',
-                    ],
-                    root,
-                    check=False,
-                )
-            _sh(
-                [
-                    "psql",
-                    "-X",
-                    "-q",
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                    "-c",
-                    f'DROP ROLE IF EXISTS "{prefix}"',
-                ],
-                root,
-                check=False,
-            )
+                _psql(f'DROP DATABASE IF EXISTS "{prefix}_{db}" WITH (FORCE)', root)
+            _psql(f'DROP ROLE IF EXISTS "{prefix}"', root)
 
     figures = {
         "budget": "committed params.yaml" if args.full else " ".join(SMALL),

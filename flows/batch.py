@@ -26,10 +26,10 @@ class DriftDetected(RuntimeError):
 
 
 def _model(model: str | None) -> tuple[str, str]:
+    from flows.cli.serve import model_ref
     from tasks.config import load_config
 
-    name, _, alias = (model or load_config().model_name).partition("@")
-    return name, alias or "champion"
+    return model_ref(model, load_config().model_name)
 
 
 @task(name="predict", cache_policy=NO_CACHE)

@@ -149,28 +149,14 @@ def run_trial(
     Logs `cv/fold_val_loss` per fold, `val/loss` (the mean) and `cv/steps`; tags the run with
     its Optuna state (COMPLETE, PRUNED, FAILED) and `dlops.cv`.
     """
-    import optuna
-
     from models.metrics import VAL_LOSS
     from tasks import tracking
 
     c = tracking.client()
-    state = "COMPLETE"
-    try:
+    with tracking.trial_run(run_id, trial, {"dlops.cv": "true"}):
         scored = score(cfg, info, dm, trial, seed=seed)
         for i, loss in enumerate(scored.fold_losses):
             c.log_metric(run_id, "cv/fold_val_loss", loss, step=i)
         c.log_metric(run_id, VAL_LOSS, scored.value)
         c.log_metric(run_id, "cv/steps", scored.steps)
         return scored.value
-    except optuna.TrialPruned:
-        state = "PRUNED"
-        raise
-    except BaseException:
-        state = "FAILED"
-        raise
-    finally:
-        c.set_tag(run_id, "optuna.trial", str(trial.number))
-        c.set_tag(run_id, "optuna.state", state)
-        c.set_tag(run_id, "dlops.cv", "true")
-        tracking.end_run(run_id, failed=state == "FAILED")

@@ -7,9 +7,11 @@ artifacts under `<DLOPS_HOME>/mlartifacts/`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tasks.redact import redact_url
 
@@ -73,6 +75,31 @@ def start_run(
 def end_run(run_id: str, failed: bool = False) -> None:
     """Mark a run finished (or failed)."""
     client().set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+@contextlib.contextmanager
+def trial_run(run_id: str, trial: Any, tags: dict[str, str] | None = None) -> Iterator[None]:
+    """Close an Optuna trial's MLflow run: its state as `optuna.state`, FAILED on an error.
+
+    COMPLETE, PRUNED (optuna.TrialPruned, re-raised) or FAILED (anything else, re-raised).
+    """
+    import optuna
+
+    state = "COMPLETE"
+    try:
+        yield
+    except optuna.TrialPruned:
+        state = "PRUNED"
+        raise
+    except BaseException:
+        state = "FAILED"
+        raise
+    finally:
+        c = client()
+        closing = {"optuna.trial": str(trial.number), "optuna.state": state, **(tags or {})}
+        for key, value in closing.items():
+            c.set_tag(run_id, key, value)
+        end_run(run_id, failed=state == "FAILED")
 
 
 def log_params(run_id: str, params: dict[str, object]) -> None:

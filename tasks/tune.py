@@ -118,7 +118,6 @@ def objective(
 ) -> float:
     """Train one trial's configuration, pruned by the study; its nested MLflow run; val/loss."""
     import lightning as L
-    import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
     from models.metrics import VAL_LOSS
@@ -156,26 +155,17 @@ def objective(
         strategy="auto",
         max_steps=b.max_steps,
     )
-    state = "COMPLETE"
-    try:
-        trainer.fit(module, datamodule=data.dm)
-        pruning.check_pruned()
-    except optuna.TrialPruned:
-        state = "PRUNED"
-        raise
-    except BaseException:
-        state = "FAILED"
-        raise
-    finally:
-        m = trainer.callback_metrics
-        for key in (VAL_LOSS, data.headline):
-            if key in m:
-                c.log_metric(trial_run, key, float(m[key]), step=trainer.current_epoch)
-        # epochs spent, pruned or not (benchmarks/tuning.py sums them)
-        trial.set_user_attr("epochs", int(trainer.current_epoch))
-        c.set_tag(trial_run, "optuna.trial", str(trial.number))
-        c.set_tag(trial_run, "optuna.state", state)
-        tracking.end_run(trial_run, failed=state == "FAILED")
+    with tracking.trial_run(trial_run, trial):
+        try:
+            trainer.fit(module, datamodule=data.dm)
+            pruning.check_pruned()
+        finally:
+            m = trainer.callback_metrics
+            for key in (VAL_LOSS, data.headline):
+                if key in m:
+                    c.log_metric(trial_run, key, float(m[key]), step=trainer.current_epoch)
+            # epochs spent, pruned or not (benchmarks/tuning.py sums them)
+            trial.set_user_attr("epochs", int(trainer.current_epoch))
     return float(trainer.callback_metrics[VAL_LOSS])
 
 

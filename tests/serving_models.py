@@ -230,3 +230,16 @@ class Server:
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=10)
+
+
+def drift_tables(workspace: Path, name: str, uri: str) -> tuple[TinyData, list[str]]:
+    """A registered tables model, its training split (train.parquet) and two new-row files:
+    same.csv (its test rows) and shifted.csv (every numeric column x3 + 10); the numeric names."""
+    _, data = register("tables", name, uri, workspace)
+    data.x_train.to_parquet(workspace / "train.parquet")
+    data.x_test.to_csv(workspace / "same.csv", index=False)
+    shifted = data.x_test.copy()
+    numeric = [c for c in shifted.columns if c != "grade"]
+    shifted[numeric] = shifted[numeric] * 3 + 10
+    shifted.to_csv(workspace / "shifted.csv", index=False)
+    return data, numeric

@@ -17,6 +17,23 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 (tasks.config.Config, imp
     return load_config(overrides=getattr(args, "set", []))
 
 
+def _config_or_exit(args: argparse.Namespace):  # noqa: ANN202 (as _config)
+    """params.yaml with the command's -S overrides; a bad key or value: one line, exit 2."""
+    from tasks.config import ConfigError
+
+    try:
+        return _config(args)
+    except ConfigError as exc:
+        print(f"dlops: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def model_ref(model: str | None, default: str) -> tuple[str, str]:
+    """`NAME[@ALIAS]` (default: the configured model) as (name, alias); the alias: champion."""
+    name, _, alias = (model or default).partition("@")
+    return name, alias or "champion"
+
+
 def _tracking_env() -> None:
     """Pin the store for the processes a command starts (the server's workers are spawned)."""
     from tasks import tracking
@@ -28,13 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve models:/<name>@<alias> until interrupted; follows the alias (hot swap)."""
     from pathlib import Path
 
-    from tasks.config import ConfigError
-
-    try:
-        cfg = _config(args)
-    except ConfigError as exc:
-        print(f"dlops: {exc}", file=sys.stderr)
-        return 2
+    cfg = _config_or_exit(args)
     if args.host not in ("127.0.0.1", "0.0.0.0", "::"):
         print(
             f"dlops: serve: --host must be 127.0.0.1, 0.0.0.0 or ::, not {args.host}",
@@ -129,24 +140,18 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Score a file or an image folder with the champion; write the predictions atomically."""
-    from tasks.config import ConfigError
-
-    try:
-        cfg = _config(args)
-    except ConfigError as exc:
-        print(f"dlops: {exc}", file=sys.stderr)
-        return 2
+    cfg = _config_or_exit(args)
     _tracking_env()
     from serving.batch import BatchError, predict_file
     from serving.model import NoModelError
     from serving.settings import tracking_uri
 
-    name, _, alias = (args.model or cfg.model_name).partition("@")
+    name, alias = model_ref(args.model, cfg.model_name)
     try:
         r = predict_file(
             tracking_uri(),
             name,
-            alias or "champion",
+            alias,
             args.input,
             args.output,
             on_error=args.on_error,
@@ -168,26 +173,20 @@ def cmd_drift(args: argparse.Namespace) -> int:
     """Drift of --input against the training split; exit 1 above --max-share."""
     from pathlib import Path
 
-    from tasks.config import ConfigError
-
-    try:
-        cfg = _config(args)
-    except ConfigError as exc:
-        print(f"dlops: {exc}", file=sys.stderr)
-        return 2
+    cfg = _config_or_exit(args)
     _tracking_env()
     from serving import drift
     from serving.settings import tracking_uri
     from tasks import tracking
 
     tracking.experiment_id(drift.EXPERIMENT)  # created where this project keeps artifacts
-    name, _, alias = (args.model or cfg.model_name).partition("@")
+    name, alias = model_ref(args.model, cfg.model_name)
     reference = args.reference or str(Path(cfg.paths.processed_dir) / "train.parquet")
     try:
         r = drift.run(
             tracking_uri(),
             name,
-            alias or "champion",
+            alias,
             reference,
             args.input,
             args.out,

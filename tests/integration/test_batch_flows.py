@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.serving_models import register
+from tests.serving_models import drift_tables
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -18,13 +18,7 @@ def test_predict_and_drift_flows(workspace):
     from flows.batch import DriftDetected, drift_flow, predict_flow
 
     uri = f"sqlite:///{workspace / 'mlflow.db'}"
-    _, data = register("tables", "flow-wine", uri, workspace)
-    data.x_train.to_parquet(workspace / "train.parquet")
-    data.x_test.to_csv(workspace / "same.csv", index=False)
-    shifted = data.x_test.copy()
-    numeric = [c for c in shifted.columns if c != "grade"]
-    shifted[numeric] = shifted[numeric] * 3 + 10
-    shifted.to_csv(workspace / "shifted.csv", index=False)
+    data, _ = drift_tables(workspace, "flow-wine", uri)
 
     out = workspace / "out" / "pred.parquet"
     result = predict_flow(str(workspace / "same.csv"), str(out), model="flow-wine")

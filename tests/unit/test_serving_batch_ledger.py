@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from flows.cli import main
 from serving.scoring import RequestError, count_rows, parse_body, to_frame
-from tests.serving_models import model_input, register
+from tests.serving_models import drift_tables, model_input, register
 
 
 def test_the_three_mlflow_formats_give_the_same_frame():
@@ -273,13 +273,7 @@ def test_promote_writes_the_ledger(tmp_path, tiny_model, sqlite_mlflow):
 @pytest.mark.slow
 def test_drift_flags_a_shifted_table_and_passes_an_unshifted_one(workspace, capfd):
     uri = f"sqlite:///{workspace / 'mlflow.db'}"
-    _, data = register("tables", "drift-wine", uri, workspace)
-    data.x_train.to_parquet(workspace / "train.parquet")
-    data.x_test.to_csv(workspace / "same.csv", index=False)
-    shifted = data.x_test.copy()
-    numeric = [c for c in shifted.columns if c != "grade"]
-    shifted[numeric] = shifted[numeric] * 3 + 10
-    shifted.to_csv(workspace / "shifted.csv", index=False)
+    data, numeric = drift_tables(workspace, "drift-wine", uri)
 
     def drift(src: str, out: str) -> tuple[int, str]:
         capfd.readouterr()
