@@ -199,17 +199,11 @@ def run(cfg: Config, log_run_id: str | None = None) -> EvaluateResult:
     run_id, own = (log_run_id, False) if log_run_id else _standalone_run(cfg, model_run)
     if run_id:
         c = tracking.client()
-        try:
+        with tracking.ending(run_id, own):
             for name in names:
                 c.log_metric(run_id, f"test/{name}", metrics[name])
             c.log_artifact(run_id, str(path))
             c.log_artifacts(run_id, str(out), "plots")
-        except BaseException:
-            if own:
-                tracking.end_run(run_id, failed=True)
-            raise
-        if own:
-            tracking.end_run(run_id)
     return EvaluateResult(metrics=metrics, metrics_path=path, plots=plots, run_id=run_id)
 
 

@@ -133,7 +133,7 @@ def run(
                 parent_run_id,
                 tags={"dlops.stage": "register", tracking.MODEL_RUN_TAG: model_run},
             )
-        try:
+        with tracking.ending(run_id, own):
             info, _ = log_model(train_dir, run_id, input_example(cfg))
             pause_point("register")  # test hook: killed here, the model is logged, not registered
             tags = {**{k: str(v) for k, v in lineage.items()}, SHA_TAG: sha256}
@@ -151,12 +151,6 @@ def run(
                 for path in (DVC_LOCK, PARAMS_FILE):
                     if Path(path).is_file():
                         client.log_artifact(run_id, path)
-        except BaseException:
-            if own:
-                tracking.end_run(run_id, failed=True)
-            raise
-        if own:
-            tracking.end_run(run_id)
         result = RegisterResult(
             name=name,
             version=str(mv.version),

@@ -78,6 +78,19 @@ def end_run(run_id: str, failed: bool = False) -> None:
 
 
 @contextlib.contextmanager
+def ending(run_id: str, own: bool = True) -> Iterator[None]:
+    """End `run_id` when the block ends, if this code opened it (`own`): FAILED on an error."""
+    try:
+        yield
+    except BaseException:
+        if own:
+            end_run(run_id, failed=True)
+        raise
+    if own:
+        end_run(run_id)
+
+
+@contextlib.contextmanager
 def trial_run(run_id: str, trial: Any, tags: dict[str, str] | None = None) -> Iterator[None]:
     """Close an Optuna trial's MLflow run: its state as `optuna.state`, FAILED on an error.
 
